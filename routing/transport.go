@@ -1,0 +1,275 @@
+package routing
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+)
+
+// ProxyErrorHeader is the response header that imgxfer's nginx configuration sets when the
+// proxy itself refuses a request, with a short reason such as "host not allowed".
+const ProxyErrorHeader = "Mesh-Proxy-Error"
+
+// ErrProxyRefused marks a request that the proxy refused instead of forwarding it.
+var ErrProxyRefused = errors.New("proxy refused the request")
+
+// Transport is an http.RoundTripper that sends each request either to the proxy of the
+// first route matching the request URL's host, with the routing header naming that host,
+// or direct to the host without the header.
+//
+// It decides per request, so token realms, upload locations and redirects to blob
+// storage are routed by their own host. The caller's request is never modified.
+//
+// Because it is not an *http.Transport, a registry client's own per-host TLS settings do
+// not apply to it. TLS for proxies and for directly reached registries comes from the
+// rules instead.
+type Transport struct {
+	rules  *Rules
+	header string
+	log    logrus.FieldLogger
+
+	direct       http.RoundTripper
+	directByHost map[string]http.RoundTripper // by canonical host, for registries with TLS settings
+	proxies      []http.RoundTripper          // by route index
+}
+
+var _ http.RoundTripper = (*Transport)(nil)
+
+// Option configures a Transport.
+type Option func(*Transport)
+
+// WithLogger sets the logger for routing decisions, which are logged at debug level.
+func WithLogger(log logrus.FieldLogger) Option {
+	return func(t *Transport) {
+		t.log = log
+	}
+}
+
+// NewTransport builds the routing transport for validated rules. It reads the CA files
+// that the rules name and fails when one cannot be used.
+func NewTransport(rules *Rules, opts ...Option) (*Transport, error) {
+	t := &Transport{
+		rules:        rules,
+		header:       http.CanonicalHeaderKey(rules.Header),
+		log:          logrus.StandardLogger(),
+		direct:       newHTTPTransport(nil),
+		directByHost: map[string]http.RoundTripper{},
+	}
+	for _, opt := range opts {
+		opt(t)
+	}
+
+	for i := range rules.Routes {
+		route := &rules.Routes[i]
+		tlsConfig, err := tlsConfigFor(route.TLS.CAFile, route.TLS.Insecure)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: routes[%d].tls: %w", ErrInvalidRules, rules.Source, i, err)
+		}
+		t.proxies = append(t.proxies, newHTTPTransport(tlsConfig))
+	}
+
+	for i := range rules.Registries {
+		reg := &rules.Registries[i]
+		if reg.TLS != TLSInsecure && reg.CAFile == "" {
+			continue
+		}
+		tlsConfig, err := tlsConfigFor(reg.CAFile, reg.TLS == TLSInsecure)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: registries[%d]: %w", ErrInvalidRules, rules.Source, i, err)
+		}
+		host, err := canonicalHost("https", reg.Host)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: registries[%d].host: %w", ErrInvalidRules, rules.Source, i, err)
+		}
+		t.directByHost[host] = newHTTPTransport(tlsConfig)
+	}
+	return t, nil
+}
+
+// RoundTrip sends req through the proxy of the matching route, or direct.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL == nil {
+		closeBody(req)
+		return nil, fmt.Errorf("routing: request without URL")
+	}
+
+	dest, err := parseTarget(req.URL.Scheme, req.URL.Host)
+	if err != nil {
+		closeBody(req)
+		return nil, fmt.Errorf("routing %s %s: %w", req.Method, req.URL.Redacted(), err)
+	}
+
+	routeIndex := t.rules.matchIndex(dest)
+	if routeIndex < 0 {
+		return t.roundTripDirect(req, dest)
+	}
+
+	route := &t.rules.Routes[routeIndex]
+	proxied := req.Clone(req.Context())
+	proxied.URL.Scheme = route.proxyURL.Scheme
+	proxied.URL.Host = route.proxyURL.Host
+	// The Host header names the proxy, as for any request addressed to it, so that a load
+	// balancer or ingress in front of the proxy sees its own name. The routing header
+	// carries the registry host, and the proxy sets Host to it towards the registry.
+	proxied.Host = ""
+	deleteHeader(proxied.Header, t.header)
+	proxied.Header.Set(t.header, dest.canonical)
+
+	t.log.WithFields(logrus.Fields{
+		"method": req.Method,
+		"host":   dest.canonical,
+		"proxy":  route.proxyURL.Host,
+		"route":  routeIndex,
+	}).Debug("routing request through proxy")
+
+	resp, err := t.proxies[routeIndex].RoundTrip(proxied)
+	if err != nil {
+		return nil, err
+	}
+	if reason := resp.Header.Get(ProxyErrorHeader); reason != "" {
+		return t.refused(req, resp, route, dest, reason), nil
+	}
+	return resp, nil
+}
+
+// refused returns the proxy's refusal with a body that explains it, and reports the
+// refusal to the handler in the request's context, if any. The status stays as the proxy
+// sent it, so that a registry client fails the request at once rather than retrying it as
+// a network error.
+func (t *Transport) refused(req *http.Request, resp *http.Response, route *Route, dest target, reason string) *http.Response {
+	_ = resp.Body.Close()
+	err := fmt.Errorf("%w: proxy %s answered %s for %s (%s); add %s to the proxy's allowlist or route it to a proxy that has it",
+		ErrProxyRefused, route.proxyURL.Host, resp.Status, dest.canonical, reason, dest.canonical)
+	t.log.WithFields(logrus.Fields{
+		"host":   dest.canonical,
+		"proxy":  route.proxyURL.Host,
+		"status": resp.StatusCode,
+		"reason": reason,
+	}).Debug("proxy refused request")
+	if handle, ok := req.Context().Value(refusalHandlerKey{}).(func(error)); ok {
+		handle(err)
+	}
+
+	message := err.Error()
+	out := *resp
+	out.Header = resp.Header.Clone()
+	out.Header.Set("Content-Type", "text/plain; charset=utf-8")
+	out.Header.Del("Content-Encoding")
+	out.Body = io.NopCloser(strings.NewReader(message))
+	out.ContentLength = int64(len(message))
+	out.Header.Set("Content-Length", strconv.Itoa(len(message)))
+	return &out
+}
+
+type refusalHandlerKey struct{}
+
+// WithRefusalHandler returns a context under which every request that a proxy refuses
+// calls handle with an error wrapping ErrProxyRefused, before RoundTrip returns. A caller
+// can cancel its work there, because a refused route will not start working on retry.
+func WithRefusalHandler(ctx context.Context, handle func(error)) context.Context {
+	return context.WithValue(ctx, refusalHandlerKey{}, handle)
+}
+
+func (t *Transport) roundTripDirect(req *http.Request, dest target) (*http.Response, error) {
+	out := req
+	if hasHeader(req.Header, t.header) {
+		// A request for an unrouted host never leaves with the routing header, even when
+		// the caller set one.
+		out = req.Clone(req.Context())
+		deleteHeader(out.Header, t.header)
+	}
+
+	t.log.WithFields(logrus.Fields{
+		"method": req.Method,
+		"host":   dest.canonical,
+	}).Debug("sending request direct")
+
+	if inner, ok := t.directByHost[dest.canonical]; ok {
+		return inner.RoundTrip(out)
+	}
+	return t.direct.RoundTrip(out)
+}
+
+// CloseIdleConnections closes the idle connections of every inner transport.
+func (t *Transport) CloseIdleConnections() {
+	type idleCloser interface{ CloseIdleConnections() }
+	all := append([]http.RoundTripper{t.direct}, t.proxies...)
+	for _, inner := range t.directByHost {
+		all = append(all, inner)
+	}
+	for _, inner := range all {
+		if c, ok := inner.(idleCloser); ok {
+			c.CloseIdleConnections()
+		}
+	}
+}
+
+// newHTTPTransport clones http.DefaultTransport, which keeps its timeouts, HTTP/2 and
+// HTTP(S)_PROXY handling, and applies tlsConfig when it is not nil.
+func newHTTPTransport(tlsConfig *tls.Config) *http.Transport {
+	inner := http.DefaultTransport.(*http.Transport).Clone()
+	if tlsConfig != nil {
+		inner.TLSClientConfig = tlsConfig
+	}
+	return inner
+}
+
+// tlsConfigFor returns nil when the defaults apply, else a config trusting caFile in
+// addition to the system roots, or skipping verification when insecure is set.
+func tlsConfigFor(caFile string, insecure bool) (*tls.Config, error) {
+	if insecure {
+		//#nosec G402 -- set only when the rules file says insecure for this host.
+		return &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true}, nil
+	}
+	if caFile == "" {
+		return nil, nil
+	}
+
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading ca_file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("ca_file %q contains no PEM certificate; give a PEM-encoded CA bundle", caFile)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}, nil
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}
+
+// hasHeader reports whether h has name under any letter case, because a header set by
+// assigning to the map directly keeps its non-canonical key and is still sent.
+func hasHeader(h http.Header, name string) bool {
+	for key := range h {
+		if strings.EqualFold(key, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// deleteHeader removes name from h under any letter case.
+func deleteHeader(h http.Header, name string) {
+	for key := range h {
+		if strings.EqualFold(key, name) {
+			delete(h, key)
+		}
+	}
+}

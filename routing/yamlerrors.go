@@ -1,0 +1,165 @@
+package routing
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"regexp"
+	"strings"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+)
+
+// fieldError is a validation failure of one field, located by its YAML path such as
+// "$.routes[0].proxy".
+type fieldError struct {
+	path    string
+	message string
+}
+
+func (e *fieldError) Error() string {
+	return e.field() + ": " + e.message
+}
+
+// field returns the path without the leading "$.", as a user would name the field.
+func (e *fieldError) field() string {
+	return strings.TrimPrefix(strings.TrimPrefix(e.path, "$"), ".")
+}
+
+// position returns the line and column of the node at a YAML path, falling back to the
+// closest parent that exists, and to 1:1 when the document has none of them.
+func position(data []byte, path string) (line, column int) {
+	file, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		return 1, 1
+	}
+	for p := path; p != ""; p = parentPath(p) {
+		yamlPath, err := yaml.PathString(p)
+		if err != nil {
+			continue
+		}
+		node, err := yamlPath.FilterFile(file)
+		if err != nil || node == nil || node.GetToken() == nil {
+			continue
+		}
+		return node.GetToken().Position.Line, node.GetToken().Position.Column
+	}
+	return 1, 1
+}
+
+var (
+	lastSegment  = regexp.MustCompile(`(\.[^.\[\]]+|\[\d+\])$`)
+	indexSegment = regexp.MustCompile(`\[\d+\]`)
+)
+
+func parentPath(path string) string {
+	if path == "$" {
+		return ""
+	}
+	return lastSegment.ReplaceAllString(path, "")
+}
+
+// decodeError turns a go-yaml decoding error into one line with the file, line, column
+// and, for an unknown field, the fields allowed at that place.
+func decodeError(name string, data []byte, err error) error {
+	var yamlErr yaml.Error
+	if !errors.As(err, &yamlErr) || yamlErr.GetToken() == nil {
+		return fmt.Errorf("%w: %s: %w", ErrInvalidRules, name, err)
+	}
+
+	pos := yamlErr.GetToken().Position
+	message := yamlErr.GetMessage()
+	var unknown *yaml.UnknownFieldError
+	if errors.As(err, &unknown) {
+		if allowed := allowedFieldsAt(data, pos.Line, pos.Column); allowed != "" {
+			message += "; allowed fields here: " + allowed
+		}
+	}
+	return fmt.Errorf("%w: %s:%d:%d: %s", ErrInvalidRules, name, pos.Line, pos.Column, message)
+}
+
+// allowedFieldsAt finds the mapping key at line:column and lists the YAML field names of
+// the struct that the mapping decodes into.
+func allowedFieldsAt(data []byte, line, column int) string {
+	file, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		return ""
+	}
+
+	var keyPath string
+	for _, doc := range file.Docs {
+		ast.Walk(visitorFunc(func(node ast.Node) {
+			mv, ok := node.(*ast.MappingValueNode)
+			if !ok || keyPath != "" {
+				return
+			}
+			tok := mv.Key.GetToken()
+			if tok != nil && tok.Position.Line == line && tok.Position.Column == column {
+				keyPath = mv.Key.GetPath()
+			}
+		}), doc)
+	}
+	if keyPath == "" {
+		return ""
+	}
+
+	structType := structAt(reflect.TypeOf(Rules{}), parentPath(keyPath))
+	if structType == nil {
+		return ""
+	}
+	return strings.Join(yamlFieldNames(structType), ", ")
+}
+
+type visitorFunc func(ast.Node)
+
+func (f visitorFunc) Visit(node ast.Node) ast.Visitor {
+	f(node)
+	return f
+}
+
+// structAt follows a YAML path such as "$.routes[0].tls" through the struct fields of root
+// and returns the struct type found there, or nil.
+func structAt(root reflect.Type, path string) reflect.Type {
+	current := root
+	for _, segment := range strings.Split(strings.TrimPrefix(path, "$"), ".") {
+		segment = indexSegment.ReplaceAllString(segment, "")
+		if segment == "" {
+			continue
+		}
+		field, ok := fieldByYAMLName(current, segment)
+		if !ok {
+			return nil
+		}
+		current = field.Type
+		for current.Kind() == reflect.Slice || current.Kind() == reflect.Pointer {
+			current = current.Elem()
+		}
+		if current.Kind() != reflect.Struct {
+			return nil
+		}
+	}
+	return current
+}
+
+func fieldByYAMLName(structType reflect.Type, name string) (reflect.StructField, bool) {
+	for i := 0; i < structType.NumField(); i++ {
+		field := structType.Field(i)
+		if strings.Split(field.Tag.Get("yaml"), ",")[0] == name {
+			return field, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+func yamlFieldNames(structType reflect.Type) []string {
+	var names []string
+	for i := 0; i < structType.NumField(); i++ {
+		name := strings.Split(structType.Field(i).Tag.Get("yaml"), ",")[0]
+		if name != "" && name != "-" {
+			names = append(names, name)
+		}
+	}
+	return names
+}
