@@ -438,3 +438,23 @@ func errorLines(stderr string) string {
 	}
 	return b.String()
 }
+
+// TestCopyProxyFlagFromOCILayout copies into an OCI layout directory, then from it with
+// --proxy and no rules file, which routes only the destination's registry.
+func TestCopyProxyFlagFromOCILayout(t *testing.T) {
+	e := newEnv(t)
+	pushed := e.pushRandomIndex(t, "team/oci:1", mediatype.OCI1ManifestList, "linux/amd64", "linux/arm64")
+	layout := "ocidir://" + e.dir + "/layout:1"
+
+	toLayout := e.copyJSON(t, "--rules", e.rulesFile, e.src.Addr+"/team/oci:1", layout)
+	if toLayout.DestinationDigest != pushed.Index.Digest.String() {
+		t.Fatalf("layout digest %s, want %s", toLayout.DestinationDigest, pushed.Index.Digest)
+	}
+
+	out := e.copyJSON(t, "--proxy", "http://"+e.nginx.HTTPAddr, layout, prodHost+"/team/oci:1")
+	assertAllThroughProxy(t, e.prod.Requests(), prodHost)
+	if out.DestinationDigest != pushed.Index.Digest.String() {
+		t.Errorf("destinationDigest = %s, want %s", out.DestinationDigest, pushed.Index.Digest)
+	}
+	e.assertImage(t, e.prod, "team/oci:1", pushed)
+}
