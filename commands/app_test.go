@@ -109,7 +109,7 @@ func TestExitCode(t *testing.T) {
 		{"cancelled", fmt.Errorf("copying: %w", context.Canceled), ExitInterrupted},
 		{"usage", usageErrorf("bad"), ExitUsage},
 		{"rules", fmt.Errorf("x: %w", routing.ErrInvalidRules), ExitUsage},
-		{"proxy refused", fmt.Errorf("x: %w", routing.ErrProxyRefused), ExitNetwork},
+		{"proxy rejected", fmt.Errorf("x: %w", routing.ErrProxyRejected), ExitNetwork},
 		{"unauthorized", fmt.Errorf("x: %w", errs.ErrHTTPUnauthorized), ExitAuth},
 		{"not found", fmt.Errorf("x: %w", errs.ErrNotFound), ExitNotFound},
 		{"network", fmt.Errorf("x: %w", &url.Error{Op: "Get", URL: "https://r.test", Err: &net.OpError{Op: "dial", Err: errors.New("refused")}}), ExitNetwork},

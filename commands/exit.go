@@ -20,7 +20,7 @@ const (
 	ExitPartial     = 3 // some copies of a batch failed
 	ExitAuth        = 4 // a registry rejected the credentials or the request
 	ExitNotFound    = 5 // the source image, tag or platform does not exist
-	ExitNetwork     = 6 // a registry or proxy could not be reached, or the proxy refused the route
+	ExitNetwork     = 6 // a registry or proxy could not be reached, or the proxy rejected the route
 	ExitInterrupted = 130
 )
 
@@ -35,7 +35,7 @@ func ExitCode(err error) int {
 		return ExitInterrupted
 	case errors.Is(err, ErrUsage), errors.Is(err, routing.ErrInvalidRules):
 		return ExitUsage
-	case errors.Is(err, routing.ErrProxyRefused):
+	case errors.Is(err, routing.ErrProxyRejected):
 		return ExitNetwork
 	case errors.Is(err, errs.ErrHTTPUnauthorized):
 		return ExitAuth

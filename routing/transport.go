@@ -16,11 +16,11 @@ import (
 )
 
 // ProxyErrorHeader is the response header that imgxfer's nginx configuration sets when the
-// proxy itself refuses a request, with a short reason such as "host not allowed".
+// proxy itself rejects a request, with a short reason such as "host not on the allowlist".
 const ProxyErrorHeader = "Mesh-Proxy-Error"
 
-// ErrProxyRefused marks a request that the proxy refused instead of forwarding it.
-var ErrProxyRefused = errors.New("proxy refused the request")
+// ErrProxyRejected marks a request that the proxy rejected instead of forwarding it.
+var ErrProxyRejected = errors.New("proxy rejected the request")
 
 // Transport is an http.RoundTripper that sends each request either to the proxy of the
 // first route matching the request URL's host, with the routing header naming that host,
@@ -118,7 +118,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	proxied.URL.Scheme = route.proxyURL.Scheme
 	proxied.URL.Host = route.proxyURL.Host
 	// The Host header names the proxy, as for any request addressed to it, so that a load
-	// balancer or ingress in front of the proxy sees its own name. The routing header
+	// balancer or ingress in front of the proxy receives its own name. The routing header
 	// carries the registry host, and the proxy sets Host to it towards the registry.
 	proxied.Host = ""
 	deleteHeader(proxied.Header, t.header)
@@ -135,27 +135,31 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The response belongs to the caller's request. Registry clients resolve a relative
+	// Location against resp.Request.URL and release credentials only to challenges from
+	// the registry's host, so the proxy's address must not show through.
+	resp.Request = req
 	if reason := resp.Header.Get(ProxyErrorHeader); reason != "" {
-		return t.refused(req, resp, route, dest, reason), nil
+		return t.rejected(req, resp, route, dest, reason), nil
 	}
 	return resp, nil
 }
 
-// refused returns the proxy's refusal with a body that explains it, and reports the
-// refusal to the handler in the request's context, if any. The status stays as the proxy
+// rejected returns the proxy's rejection with a body that explains it, and reports the
+// rejection to the handler in the request's context, if any. The status stays as the proxy
 // sent it, so that a registry client fails the request at once rather than retrying it as
 // a network error.
-func (t *Transport) refused(req *http.Request, resp *http.Response, route *Route, dest target, reason string) *http.Response {
+func (t *Transport) rejected(req *http.Request, resp *http.Response, route *Route, dest target, reason string) *http.Response {
 	_ = resp.Body.Close()
-	err := fmt.Errorf("%w: proxy %s answered %s for %s (%s); add %s to the proxy's allowlist or route it to a proxy that has it",
-		ErrProxyRefused, route.proxyURL.Host, resp.Status, dest.canonical, reason, dest.canonical)
+	err := fmt.Errorf("%w: proxy %s returned %s for %s (%s); add %s to the proxy's allowlist or route it to a proxy that has it",
+		ErrProxyRejected, route.proxyURL.Host, resp.Status, dest.canonical, reason, dest.canonical)
 	t.log.WithFields(logrus.Fields{
 		"host":   dest.canonical,
 		"proxy":  route.proxyURL.Host,
 		"status": resp.StatusCode,
 		"reason": reason,
-	}).Debug("proxy refused request")
-	if handle, ok := req.Context().Value(refusalHandlerKey{}).(func(error)); ok {
+	}).Debug("proxy rejected request")
+	if handle, ok := req.Context().Value(rejectionHandlerKey{}).(func(error)); ok {
 		handle(err)
 	}
 
@@ -170,13 +174,13 @@ func (t *Transport) refused(req *http.Request, resp *http.Response, route *Route
 	return &out
 }
 
-type refusalHandlerKey struct{}
+type rejectionHandlerKey struct{}
 
-// WithRefusalHandler returns a context under which every request that a proxy refuses
-// calls handle with an error wrapping ErrProxyRefused, before RoundTrip returns. A caller
-// can cancel its work there, because a refused route will not start working on retry.
-func WithRefusalHandler(ctx context.Context, handle func(error)) context.Context {
-	return context.WithValue(ctx, refusalHandlerKey{}, handle)
+// WithRejectionHandler returns a context under which every request that a proxy rejects
+// calls handle with an error wrapping ErrProxyRejected, before RoundTrip returns. A caller
+// can cancel its work there, because a rejected route does not start working on retry.
+func WithRejectionHandler(ctx context.Context, handle func(error)) context.Context {
+	return context.WithValue(ctx, rejectionHandlerKey{}, handle)
 }
 
 func (t *Transport) roundTripDirect(req *http.Request, dest target) (*http.Response, error) {
@@ -227,7 +231,7 @@ func newHTTPTransport(tlsConfig *tls.Config) *http.Transport {
 // addition to the system roots, or skipping verification when insecure is set.
 func tlsConfigFor(caFile string, insecure bool) (*tls.Config, error) {
 	if insecure {
-		//#nosec G402 -- set only when the rules file says insecure for this host.
+		//#nosec G402 -- set only when the rules file sets insecure for this host.
 		return &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true}, nil
 	}
 	if caFile == "" {

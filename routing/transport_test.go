@@ -155,6 +155,9 @@ func TestTransportDoesNotMutateRequest(t *testing.T) {
 	}
 	resp.Body.Close()
 
+	if resp.Request != req {
+		t.Errorf("resp.Request is %v, want the caller's request, so relative locations and auth challenges resolve against the registry", resp.Request.URL)
+	}
 	if req.URL.String() != before {
 		t.Errorf("URL changed to %q, want %q", req.URL, before)
 	}
@@ -405,7 +408,7 @@ func (c *closeTracker) Close() error {
 	return nil
 }
 
-func TestTransportReportsProxyRefusal(t *testing.T) {
+func TestTransportReportsProxyRejection(t *testing.T) {
 	proxy := newRecorder(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(ProxyErrorHeader, "host not allowed")
 		http.Error(w, "not on the allowlist", http.StatusForbidden)
@@ -413,8 +416,8 @@ func TestTransportReportsProxyRefusal(t *testing.T) {
 	rules := rulesFor(t, "routes:\n  - hosts: [registry.prod.test]\n    proxy: "+proxy.URL+"\n")
 	transport := newTestTransport(t, rules)
 
-	var refusals []error
-	ctx := WithRefusalHandler(context.Background(), func(err error) { refusals = append(refusals, err) })
+	var rejections []error
+	ctx := WithRejectionHandler(context.Background(), func(err error) { rejections = append(rejections, err) })
 	req, _ := http.NewRequestWithContext(ctx, http.MethodHead, "https://registry.prod.test/v2/a/manifests/1", nil)
 	resp, err := transport.RoundTrip(req)
 	if err != nil {
@@ -426,19 +429,19 @@ func TestTransportReportsProxyRefusal(t *testing.T) {
 		t.Errorf("status %d, want the proxy's 403", resp.StatusCode)
 	}
 	if !strings.Contains(string(body), "allowlist") || !strings.Contains(string(body), "registry.prod.test") {
-		t.Errorf("body %q does not explain the refusal", body)
+		t.Errorf("body %q does not explain the rejection", body)
 	}
 
-	if len(refusals) != 1 {
-		t.Fatalf("refusal handler called %d times, want 1", len(refusals))
+	if len(rejections) != 1 {
+		t.Fatalf("rejection handler called %d times, want 1", len(rejections))
 	}
-	refusal := refusals[0]
-	if !errors.Is(refusal, ErrProxyRefused) {
-		t.Fatalf("refusal = %v, want ErrProxyRefused", refusal)
+	rejection := rejections[0]
+	if !errors.Is(rejection, ErrProxyRejected) {
+		t.Fatalf("rejection = %v, want ErrProxyRejected", rejection)
 	}
 	for _, want := range []string{"registry.prod.test", "403", "host not allowed", strings.TrimPrefix(proxy.URL, "http://")} {
-		if !strings.Contains(refusal.Error(), want) {
-			t.Errorf("refusal %q lacks %q", refusal, want)
+		if !strings.Contains(rejection.Error(), want) {
+			t.Errorf("rejection %q lacks %q", rejection, want)
 		}
 	}
 }
@@ -451,7 +454,7 @@ func TestTransportPassesRegistryForbidden(t *testing.T) {
 	transport := newTestTransport(t, rules)
 
 	called := false
-	ctx := WithRefusalHandler(context.Background(), func(error) { called = true })
+	ctx := WithRejectionHandler(context.Background(), func(error) { called = true })
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://registry.prod.test/v2/", nil)
 	resp, err := transport.RoundTrip(req)
 	if err != nil {
@@ -463,6 +466,43 @@ func TestTransportPassesRegistryForbidden(t *testing.T) {
 		t.Errorf("a registry's own 403 body was replaced: %q", body)
 	}
 	if called {
-		t.Error("a registry's own 403 was reported as a proxy refusal")
+		t.Error("a registry's own 403 was reported as a proxy rejection")
+	}
+}
+
+func TestTransportRelativeLocationStaysRouted(t *testing.T) {
+	proxy := newRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			w.Header().Set("Location", "/v2/a/blobs/uploads/uuid-2")
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+	})
+	rules := rulesFor(t, "routes:\n  - hosts: [registry.prod.test]\n    proxy: "+proxy.URL+"\n")
+	client := &http.Client{Transport: newTestTransport(t, rules)}
+
+	resp, err := client.Post("https://registry.prod.test/v2/a/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	location, err := resp.Location()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if location.Host != "registry.prod.test" {
+		t.Fatalf("relative Location resolved to %s, want a URL on registry.prod.test", location)
+	}
+
+	put, _ := http.NewRequest(http.MethodPut, location.String(), strings.NewReader("x"))
+	resp, err = client.Do(put)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	got := proxy.seen()
+	if len(got) != 2 || len(got[1].mesh) != 1 || got[1].mesh[0] != "registry.prod.test" {
+		t.Errorf("PUT to the relative location reached the proxy as %+v, want mesh registry.prod.test", got)
 	}
 }

@@ -34,10 +34,11 @@ func TestSlogBridgeLevelsAndFields(t *testing.T) {
 
 	log.Log(context.Background(), slog.LevelDebug-4, "reg http request", slog.String("method", "GET"))
 	log.Warn("slow", slog.Int("ms", 1200))
+	log.Info("Copy layer")
 
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("got %d log lines, want 2: %s", len(lines), out.String())
+	if len(lines) != 3 {
+		t.Fatalf("got %d log lines, want 3: %s", len(lines), out.String())
 	}
 	var first, second map[string]any
 	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
@@ -55,6 +56,9 @@ func TestSlogBridgeLevelsAndFields(t *testing.T) {
 	if second["level"] != "warning" || second["req.ms"] != float64(1200) {
 		t.Errorf("second line = %v", second)
 	}
+	if !strings.Contains(lines[2], `"level":"debug"`) {
+		t.Errorf("an slog info record was not lowered to debug: %s", lines[2])
+	}
 }
 
 func TestSlogBridgeRespectsLevel(t *testing.T) {
@@ -64,10 +68,11 @@ func TestSlogBridgeRespectsLevel(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := NewSlog(logger)
+	log.Info("hidden info")
 	log.Debug("hidden")
 	log.Log(context.Background(), slog.LevelDebug-4, "hidden trace")
 	if out.Len() != 0 {
-		t.Errorf("debug and trace records written at info level: %q", out.String())
+		t.Errorf("slog info, debug and trace records written at info level: %q", out.String())
 	}
 }
 

@@ -9,6 +9,10 @@ import (
 
 // NewSlog returns a slog.Logger whose records go to logger, so that a library logging
 // through slog, such as regclient, shares imgxfer's stream, level and censoring.
+//
+// Info records are written at debug level, because regclient logs one per blob and
+// manifest it copies, which would bury imgxfer's own info lines. Warnings and errors keep
+// their level.
 func NewSlog(logger *logrus.Logger) *slog.Logger {
 	return slog.New(&slogHandler{logger: logger})
 }
@@ -88,15 +92,13 @@ func joinKey(group, key string) string {
 
 // toLogrusLevel maps slog levels onto logrus levels. Everything below debug becomes logrus
 // trace, including regclient's trace level (types.LevelTrace, slog.LevelDebug-4), at which
-// it logs every HTTP request and response.
+// it logs every HTTP request and response. Info becomes debug, as NewSlog explains.
 func toLogrusLevel(level slog.Level) logrus.Level {
 	switch {
 	case level < slog.LevelDebug:
 		return logrus.TraceLevel
-	case level < slog.LevelInfo:
-		return logrus.DebugLevel
 	case level < slog.LevelWarn:
-		return logrus.InfoLevel
+		return logrus.DebugLevel
 	case level < slog.LevelError:
 		return logrus.WarnLevel
 	default:

@@ -63,15 +63,15 @@ func ParseReference(text string) (ref.Ref, error) {
 // subset that opts selects. Blobs stream from source to destination. The destination tag
 // is written last, after everything it points to, so it never names an incomplete image.
 func (c *Client) Copy(ctx context.Context, src, dst string, opts CopyOptions) (*CopyResult, error) {
-	// A proxy that refuses a route refuses every retry too, so the first refusal stops the
+	// A proxy that rejects a route rejects every retry too, so the first rejection stops the
 	// copy and becomes its error, rather than the failed request regclient reports.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	ctx = routing.WithRefusalHandler(ctx, cancel)
+	ctx = routing.WithRejectionHandler(ctx, cancel)
 
 	result, err := c.copy(ctx, src, dst, opts)
 	if err != nil {
-		if cause := context.Cause(ctx); errors.Is(cause, routing.ErrProxyRefused) {
+		if cause := context.Cause(ctx); errors.Is(cause, routing.ErrProxyRejected) {
 			return nil, cause
 		}
 		return nil, err

@@ -17,9 +17,11 @@ import (
 	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/regclient/regclient/config"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/crypto/bcrypt"
 
 	// The storage drivers register themselves with distribution's driver
 	// factory when imported.
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 )
@@ -341,4 +343,18 @@ func (s *statusRecorder) Flush() {
 // Unwrap lets http.ResponseController reach the connection's writer.
 func (s *statusRecorder) Unwrap() http.ResponseWriter {
 	return s.ResponseWriter
+}
+
+// HtpasswdAuth writes an htpasswd file for one user into dir and returns the registry
+// authentication settings that use it.
+func HtpasswdAuth(dir, user, password string) (configuration.Auth, error) {
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		return nil, fmt.Errorf("hashing the password: %w", err)
+	}
+	path, err := WriteFile(dir, "htpasswd", []byte(user+":"+string(hash)+"\n"))
+	if err != nil {
+		return nil, err
+	}
+	return configuration.Auth{"htpasswd": configuration.Parameters{"realm": "imgxfer-test", "path": path}}, nil
 }

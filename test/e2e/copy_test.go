@@ -179,7 +179,7 @@ func TestCopyPlatformSelection(t *testing.T) {
 	})
 }
 
-func TestCopyRefusedByProxyAllowlist(t *testing.T) {
+func TestCopyRejectedByProxyAllowlist(t *testing.T) {
 	e := newEnv(t)
 	e.pushRandomIndex(t, "team/app:1", "", "linux/amd64")
 	rules := e.writeRules(t, "unlisted.yaml", `routes:
@@ -197,18 +197,18 @@ registries:
 		t.Errorf("exit code %d, want 6 (network or route failure)\n%s", res.code, res.stderr)
 	}
 	if !strings.Contains(res.stderr, "unlisted.prod.test") || !strings.Contains(res.stderr, "allowlist") {
-		t.Errorf("stderr should name the refused host and the allowlist:\n%s", res.stderr)
+		t.Errorf("stderr should name the rejected host and the allowlist:\n%s", res.stderr)
 	}
 	if lines := strings.Count(strings.TrimSpace(errorLines(res.stderr)), "\n"); lines != 0 {
 		t.Errorf("want one error line, got:\n%s", errorLines(res.stderr))
 	}
 	if after := len(e.prod.Requests()) + len(e.secure.Requests()); after != before {
-		t.Errorf("a refused request reached a registry: %d requests before, %d after", before, after)
+		t.Errorf("a rejected request reached a registry: %d requests before, %d after", before, after)
 	}
-	t.Logf("refused copy failed after %s", time.Since(started))
+	t.Logf("rejected copy failed after %s", time.Since(started))
 }
 
-func TestProxyRefusesRawRequests(t *testing.T) {
+func TestProxyRejectsRawRequests(t *testing.T) {
 	e := newEnv(t)
 	tests := []struct {
 		name   string
@@ -240,10 +240,10 @@ func TestProxyRefusesRawRequests(t *testing.T) {
 				t.Errorf("status %d, want %d", resp.StatusCode, tt.want)
 			}
 			if resp.Header.Get("Mesh-Proxy-Error") == "" {
-				t.Error("refusal lacks the Mesh-Proxy-Error header that the client reports")
+				t.Error("rejection lacks the Mesh-Proxy-Error header that the client reports")
 			}
 			if after := len(e.prod.Requests()); after != before {
-				t.Errorf("the refused request reached the registry")
+				t.Errorf("the rejected request reached the registry")
 			}
 		})
 	}

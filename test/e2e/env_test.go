@@ -29,6 +29,13 @@ import (
 const (
 	prodHost   = "registry.prod.test" // plain-HTTP upstream
 	secureHost = "secure.prod.test"   // HTTPS upstream, verified by nginx
+	lockedHost = "locked.prod.test"   // plain-HTTP upstream that requires basic auth
+)
+
+// Credentials that the locked registry accepts.
+const (
+	lockedUser     = "ci-pusher"
+	lockedPassword = "pa55-Locked-Registry-9f2c"
 )
 
 // imgxferBin is the binary under test, built once by TestMain with the race detector.
@@ -68,6 +75,7 @@ type env struct {
 	src       *testenv.Registry
 	prod      *testenv.Registry
 	secure    *testenv.Registry
+	locked    *testenv.Registry
 	nginx     *testenv.Nginx
 	rulesFile string
 	srcClient *regclient.RegClient // direct, for seeding the source
@@ -97,6 +105,11 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e.secure = startRegistry(t, ctx, testenv.RegistryOptions{TLSCertPEM: secureCert, TLSKeyPEM: secureKey})
+	auth, err := testenv.HtpasswdAuth(e.dir, lockedUser, lockedPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.locked = startRegistry(t, ctx, testenv.RegistryOptions{Auth: auth})
 
 	proxyCert, proxyKey, err := e.ca.Issue("127.0.0.1", "mesh-proxy.test")
 	if err != nil {
@@ -116,6 +129,7 @@ func newEnv(t *testing.T) *env {
 		Upstreams: map[string]string{
 			prodHost:   e.prod.URL,
 			secureHost: "https://" + e.secure.Addr,
+			lockedHost: e.locked.URL,
 		},
 		TLSCertFile:    certFile,
 		TLSKeyFile:     keyFile,
@@ -135,7 +149,7 @@ func newEnv(t *testing.T) *env {
 
 	e.rulesFile = e.writeRules(t, "rules.yaml", fmt.Sprintf(`version: 1
 routes:
-  - hosts: [%s]
+  - hosts: [%s, %s]
     proxy: http://%s
   - hosts: [%s]
     proxy: https://%s
@@ -144,7 +158,7 @@ routes:
 registries:
   - host: "%s"
     tls: disabled
-`, prodHost, e.nginx.HTTPAddr, secureHost, e.nginx.HTTPSAddr, e.caFile, e.src.Addr))
+`, prodHost, lockedHost, e.nginx.HTTPAddr, secureHost, e.nginx.HTTPSAddr, e.caFile, e.src.Addr))
 
 	e.srcClient = testenv.NewClient(e.src)
 	e.dstClient = testenv.NewClient(e.prod, e.secure)
