@@ -70,6 +70,8 @@ func (a *App) cliApp() *cli.App {
 		Before: a.setUpLogging,
 		Commands: []*cli.Command{
 			a.copyCommand(),
+			a.loginCommand(),
+			a.logoutCommand(),
 			a.versionCommand(),
 		},
 		Action: func(c *cli.Context) error {
@@ -139,8 +141,12 @@ func exactArgs(c *cli.Context, names ...string) error {
 		return usageErrorf("%s takes no arguments, got %q", c.Command.Name, args[0])
 	}
 	if len(args) != len(names) {
-		return usageErrorf("%s needs %d arguments (%s), got %d; run '%s --help' for usage",
-			c.Command.Name, len(names), strings.Join(names, " "), len(args), c.Command.HelpName)
+		noun := "arguments"
+		if len(names) == 1 {
+			noun = "argument"
+		}
+		return usageErrorf("%s needs %d %s (%s), got %d; run '%s --help' for usage",
+			c.Command.Name, len(names), noun, strings.Join(names, " "), len(args), c.Command.HelpName)
 	}
 	return nil
 }

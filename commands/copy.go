@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -15,7 +14,6 @@ import (
 
 	"github.com/imgxfer/imgxfer/internal/registry"
 	"github.com/imgxfer/imgxfer/internal/version"
-	"github.com/imgxfer/imgxfer/routing"
 )
 
 const (
@@ -35,6 +33,8 @@ type copyOptions struct {
 	proxy       string // one-off proxy URL for the destination registry
 	platforms   []string
 	format      string
+	srcCred     *registry.Credential // nil: docker's stored credentials
+	destCred    *registry.Credential
 }
 
 func (a *App) copyCommand() *cli.Command {
@@ -54,16 +54,10 @@ Examples:
   imgxfer copy --rules rules.yaml registry.dev.test:5000/team/app:1.4 registry.prod.test/team/app:1.4
   imgxfer copy --proxy http://mesh-proxy:31080 alpine:3.20 registry.prod.test/library/alpine:3.20
   imgxfer copy --platform linux/amd64 --platform linux/arm64 SRC DEST`,
-		Flags: []cli.Flag{
-			&cli.StringFlag{
-				Name:    flagRules,
-				Usage:   "rules file that maps registry hosts to proxies (default: imgxfer/rules.yaml in the user config directory, if present)",
-				EnvVars: []string{routing.EnvRules},
-			},
-			&cli.StringFlag{
-				Name:  flagProxy,
-				Usage: "route DEST's registry through this proxy URL, ahead of any rule, such as http://mesh-proxy:31080",
-			},
+		Flags: append(append(append(
+			routeFlags("route DEST's registry through this proxy URL, ahead of any rule, such as http://mesh-proxy:31080"),
+			credentialFlags("src", "source")...),
+			credentialFlags("dest", "destination")...),
 			&cli.StringSliceFlag{
 				Name:  flagPlatform,
 				Usage: "copy only this platform of an index, as os/arch[/variant]; repeat for several, which get a new index",
@@ -73,9 +67,20 @@ Examples:
 				Usage: "result format on stdout: text or json",
 				Value: formatText,
 			},
-		},
+		),
 		Action: func(c *cli.Context) error {
 			if err := exactArgs(c, "SRC", "DEST"); err != nil {
+				return err
+			}
+			if c.Bool("src-password-stdin") && c.Bool("dest-password-stdin") {
+				return usageErrorf("--src-password-stdin and --dest-password-stdin both read stdin; give one password through $IMGXFER_SRC_PASSWORD or $IMGXFER_DEST_PASSWORD")
+			}
+			srcCred, err := a.sideCredential(c, "src")
+			if err != nil {
+				return err
+			}
+			destCred, err := a.sideCredential(c, "dest")
+			if err != nil {
 				return err
 			}
 			opts := copyOptions{
@@ -85,6 +90,8 @@ Examples:
 				proxy:       c.String(flagProxy),
 				platforms:   c.StringSlice(flagPlatform),
 				format:      c.String(flagFormat),
+				srcCred:     srcCred,
+				destCred:    destCred,
 			}
 			return a.runCopy(c.Context, opts)
 		},
@@ -105,19 +112,25 @@ func (a *App) runCopy(ctx context.Context, opts copyOptions) error {
 		return usageErrorf("%w", err)
 	}
 
-	rules, err := loadRules(opts.rulesPath)
+	srcRef, _ := registry.ParseReference(opts.source)
+	destRef, _ := registry.ParseReference(opts.destination)
+	rules, err := loadRoutes(opts.rulesPath, opts.proxy, destRef.Registry)
 	if err != nil {
-		return usageErrorf("%w", err)
-	}
-	if opts.proxy != "" {
-		destination, _ := registry.ParseReference(opts.destination)
-		rules, err = rules.WithProxy(destination.Registry, opts.proxy)
-		if err != nil {
-			return usageErrorf("%w", err)
-		}
+		return err
 	}
 
-	client, err := registry.New(registry.Options{Rules: rules, Logger: a.log, UserAgent: version.UserAgent()})
+	credentials := map[string]registry.Credential{}
+	if opts.srcCred != nil {
+		credentials[srcRef.Registry] = *opts.srcCred
+	}
+	if opts.destCred != nil {
+		if opts.srcCred != nil && srcRef.Registry == destRef.Registry && *opts.srcCred != *opts.destCred {
+			return usageErrorf("SRC and DEST are both on %s, which takes one set of credentials; give them once", destRef.Registry)
+		}
+		credentials[destRef.Registry] = *opts.destCred
+	}
+
+	client, err := registry.New(registry.Options{Rules: rules, Logger: a.log, UserAgent: version.UserAgent(), Credentials: credentials})
 	if err != nil {
 		return usageErrorf("%w", err)
 	}
@@ -131,22 +144,6 @@ func (a *App) runCopy(ctx context.Context, opts copyOptions) error {
 		return err
 	}
 	return printCopyResult(a.stdout, opts.format, result)
-}
-
-// loadRules loads the rules file at path, or the default rules file when path is empty
-// and that file exists, or no rules at all.
-func loadRules(path string) (*routing.Rules, error) {
-	if path != "" {
-		return routing.Load(path)
-	}
-	defaultPath, err := routing.DefaultPath()
-	if err != nil {
-		return routing.Empty(), nil
-	}
-	if _, err := os.Stat(defaultPath); err != nil {
-		return routing.Empty(), nil
-	}
-	return routing.Load(defaultPath)
 }
 
 // copyOutput is the JSON form of a copy result: exact numbers, durations in seconds.

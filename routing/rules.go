@@ -53,8 +53,14 @@ type Rules struct {
 	// Registries holds the connection settings for registries reached directly.
 	Registries []Registry `yaml:"registries"`
 
+	// Proxy holds the settings of the proxy side, which clients ignore.
+	Proxy ProxySettings `yaml:"proxy"`
+
 	// Source is the file the rules came from, used in error messages.
 	Source string `yaml:"-"`
+
+	// data is the file's content, for the line and column of errors found after parsing.
+	data []byte
 }
 
 // Route sends the requests for a set of hosts through one proxy.
@@ -128,6 +134,7 @@ func Parse(name string, data []byte) (*Rules, error) {
 		return nil, decodeError(name, data, err)
 	}
 	rules.Source = name
+	rules.data = data
 
 	err = rules.validate()
 	if err != nil {
@@ -247,7 +254,8 @@ func (r *Rules) validate() error {
 		}
 		seen[host] = i
 	}
-	return nil
+
+	return r.Proxy.validate(r)
 }
 
 func (route *Route) validate() error {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/sirupsen/logrus"
 )
@@ -40,6 +41,8 @@ type Transport struct {
 	direct       http.RoundTripper
 	directByHost map[string]http.RoundTripper // by canonical host, for registries with TLS settings
 	proxies      []http.RoundTripper          // by route index
+	proxyRoutes  map[string]int               // canonical proxy host -> index of its first route
+	realms       sync.Map                     // realmKey -> registry host, for realms on a proxy
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -63,6 +66,7 @@ func NewTransport(rules *Rules, opts ...Option) (*Transport, error) {
 		log:          logrus.StandardLogger(),
 		direct:       newHTTPTransport(nil),
 		directByHost: map[string]http.RoundTripper{},
+		proxyRoutes:  map[string]int{},
 	}
 	for _, opt := range opts {
 		opt(t)
@@ -75,6 +79,14 @@ func NewTransport(rules *Rules, opts ...Option) (*Transport, error) {
 			return nil, fmt.Errorf("%w: %s: routes[%d].tls: %w", ErrInvalidRules, rules.Source, i, err)
 		}
 		t.proxies = append(t.proxies, newHTTPTransport(tlsConfig))
+
+		proxyHost, err := canonicalHost(route.proxyURL.Scheme, route.proxyURL.Host)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: routes[%d].proxy: %w", ErrInvalidRules, rules.Source, i, err)
+		}
+		if _, seen := t.proxyRoutes[proxyHost]; !seen {
+			t.proxyRoutes[proxyHost] = i
+		}
 	}
 
 	for i := range rules.Registries {
@@ -109,6 +121,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	routeIndex := t.rules.matchIndex(dest)
+	registryHost := dest.canonical
+	if routeIndex < 0 {
+		routeIndex, registryHost = t.realmOnProxy(req, dest)
+	}
 	if routeIndex < 0 {
 		return t.roundTripDirect(req, dest)
 	}
@@ -122,11 +138,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// carries the registry host, and the proxy sets Host to it towards the registry.
 	proxied.Host = ""
 	deleteHeader(proxied.Header, t.header)
-	proxied.Header.Set(t.header, dest.canonical)
+	proxied.Header.Set(t.header, registryHost)
 
 	t.log.WithFields(logrus.Fields{
 		"method": req.Method,
-		"host":   dest.canonical,
+		"host":   registryHost,
 		"proxy":  route.proxyURL.Host,
 		"route":  routeIndex,
 	}).Debug("routing request through proxy")
@@ -139,8 +155,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// Location against resp.Request.URL and release credentials only to challenges from
 	// the registry's host, so the proxy's address must not show through.
 	resp.Request = req
+
+	if resp.StatusCode == http.StatusUnauthorized {
+		t.learnRealms(resp, registryHost)
+	}
 	if reason := resp.Header.Get(ProxyErrorHeader); reason != "" {
-		return t.rejected(req, resp, route, dest, reason), nil
+		return t.rejected(req, resp, route, registryHost, reason), nil
 	}
 	return resp, nil
 }
@@ -149,12 +169,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // rejection to the handler in the request's context, if any. The status stays as the proxy
 // sent it, so that a registry client fails the request at once rather than retrying it as
 // a network error.
-func (t *Transport) rejected(req *http.Request, resp *http.Response, route *Route, dest target, reason string) *http.Response {
+func (t *Transport) rejected(req *http.Request, resp *http.Response, route *Route, registryHost, reason string) *http.Response {
 	_ = resp.Body.Close()
 	err := fmt.Errorf("%w: proxy %s returned %s for %s (%s); add %s to the proxy's allowlist or route it to a proxy that has it",
-		ErrProxyRejected, route.proxyURL.Host, resp.Status, dest.canonical, reason, dest.canonical)
+		ErrProxyRejected, route.proxyURL.Host, resp.Status, registryHost, reason, registryHost)
 	t.log.WithFields(logrus.Fields{
-		"host":   dest.canonical,
+		"host":   registryHost,
 		"proxy":  route.proxyURL.Host,
 		"status": resp.StatusCode,
 		"reason": reason,

@@ -25,6 +25,16 @@ type Options struct {
 
 	// UserAgent is sent with every request.
 	UserAgent string
+
+	// Credentials for registry hosts, as written in references ("docker.io" for Docker
+	// Hub). They take precedence over docker's config.json for those hosts.
+	Credentials map[string]Credential
+}
+
+// Credential is a username and password for one registry.
+type Credential struct {
+	Username string
+	Password string
 }
 
 // Client copies images between registries, routing every request by the rules.
@@ -55,9 +65,15 @@ func New(opts Options) (*Client, error) {
 	// regclient applies its own per-host TLS settings only to an *http.Transport, so with
 	// this RoundTripper the TLS of every host comes from the rules. The config hosts still
 	// tell regclient which registries speak plain HTTP.
-	var hosts []config.Host
+	hosts := map[string]*config.Host{}
+	hostFor := func(name string) *config.Host {
+		if hosts[name] == nil {
+			hosts[name] = config.HostNewName(name)
+		}
+		return hosts[name]
+	}
 	for _, r := range rules.Registries {
-		host := config.HostNewName(r.Host)
+		host := hostFor(r.Host)
 		switch r.TLS {
 		case routing.TLSDisabled:
 			host.TLS = config.TLSDisabled
@@ -66,12 +82,20 @@ func New(opts Options) (*Client, error) {
 		default:
 			host.TLS = config.TLSEnabled
 		}
-		hosts = append(hosts, *host)
+	}
+	for name, cred := range opts.Credentials {
+		host := hostFor(name)
+		host.User = cred.Username
+		host.Pass = cred.Password
+	}
+	configHosts := make([]config.Host, 0, len(hosts))
+	for _, host := range hosts {
+		configHosts = append(configHosts, *host)
 	}
 
 	rcOpts := []regclient.Opt{
 		regclient.WithDockerCreds(),
-		regclient.WithConfigHost(hosts...),
+		regclient.WithConfigHost(configHosts...),
 		regclient.WithRegOpts(reg.WithHTTPClient(&http.Client{Transport: transport})),
 		regclient.WithSlog(logging.NewSlog(log)),
 	}

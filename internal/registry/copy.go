@@ -67,16 +67,29 @@ func (c *Client) Copy(ctx context.Context, src, dst string, opts CopyOptions) (*
 	// copy and becomes its error, rather than the failed request regclient reports.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	ctx = routing.WithRejectionHandler(ctx, cancel)
+	ctx = withRejectionCancel(ctx, cancel)
 
 	result, err := c.copy(ctx, src, dst, opts)
 	if err != nil {
-		if cause := context.Cause(ctx); errors.Is(cause, routing.ErrProxyRejected) {
+		if cause := rejectionCause(ctx); cause != nil {
 			return nil, cause
 		}
 		return nil, err
 	}
 	return result, nil
+}
+
+// withRejectionCancel makes a proxy's rejection of any request under ctx cancel it.
+func withRejectionCancel(ctx context.Context, cancel context.CancelCauseFunc) context.Context {
+	return routing.WithRejectionHandler(ctx, cancel)
+}
+
+// rejectionCause returns the proxy's rejection that cancelled ctx, or nil.
+func rejectionCause(ctx context.Context) error {
+	if cause := context.Cause(ctx); errors.Is(cause, routing.ErrProxyRejected) {
+		return cause
+	}
+	return nil
 }
 
 func (c *Client) copy(ctx context.Context, src, dst string, opts CopyOptions) (*CopyResult, error) {
