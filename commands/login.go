@@ -3,6 +3,7 @@ package commands
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -99,7 +100,11 @@ func (a *App) runLogin(ctx context.Context, opts loginOptions) error {
 	defer client.Close()
 
 	if err := client.CheckLogin(ctx, host); err != nil {
-		return fmt.Errorf("%s rejected user %q or could not be reached: %w", host, cred.Username, err)
+		var authErr *registry.AuthError
+		if errors.As(err, &authErr) {
+			return fmt.Errorf("login failed: %w", err)
+		}
+		return fmt.Errorf("checking the credentials of user %q for %s: %w", cred.Username, host, err)
 	}
 
 	where, err := credentials.Store(host, cred.Username, cred.Password)

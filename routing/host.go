@@ -193,3 +193,19 @@ func defaultPortFor(scheme string) int {
 	}
 	return 443
 }
+
+// SameHost reports whether two registry hosts ("host" or "host:port") name the same host
+// once normalised, with Docker Hub's names counted as one.
+func SameHost(a, b string) bool {
+	canonical := func(host string) string {
+		c, err := canonicalHost("https", host)
+		if err != nil {
+			return host
+		}
+		if aliases, ok := hostAliases[c]; ok {
+			return aliases[0]
+		}
+		return c
+	}
+	return canonical(a) == canonical(b)
+}

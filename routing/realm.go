@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"context"
 	"net/http"
 	"strings"
 
@@ -20,8 +21,9 @@ type realmKey struct {
 	service string
 }
 
-// learnRealms records the bearer realms on a proxy that a registry's 401 response
-// announces, so that the token requests for them carry that registry's header.
+// learnRealms records the bearer realms that a registry's 401 response announces: every
+// realm host, so that a token service's rejection can be reported as the registry's, and
+// realms on a proxy, so that the token requests for them carry the registry's header.
 func (t *Transport) learnRealms(resp *http.Response, registryHost string) {
 	for _, value := range resp.Header.Values("Www-Authenticate") {
 		scheme, params := parseChallenge(value)
@@ -35,6 +37,9 @@ func (t *Transport) learnRealms(resp *http.Response, registryHost string) {
 		realmHost, err := canonicalHost(realm.Scheme, realm.Host)
 		if err != nil {
 			continue
+		}
+		if realmHost != registryHost {
+			t.realmOwners.Store(realmHost, registryHost)
 		}
 		if _, onProxy := t.proxyRoutes[realmHost]; !onProxy {
 			continue
@@ -104,4 +109,56 @@ func parseChallenge(value string) (string, map[string]string) {
 		params[name] = paramValue
 	}
 	return scheme, params
+}
+
+// AuthFailure describes a 401 answer to a request that carried credentials or a token, or
+// to a token request: the credentials were wrong or missing, or the token did not grant
+// the action.
+type AuthFailure struct {
+	// Registry is the registry host that the failure belongs to. For a token request it
+	// is the registry that announced the realm.
+	Registry string
+
+	// TokenService is true when the registry's token service rejected the request, so the
+	// credentials are wrong or missing. When false, the registry itself rejected them, or,
+	// with a bearer token, the token lacked the scope for the request.
+	TokenService bool
+
+	// Bearer is true when the registry rejected a bearer token.
+	Bearer bool
+
+	// Method is the HTTP method of the rejected request.
+	Method string
+}
+
+type authFailureHandlerKey struct{}
+
+// WithAuthFailureHandler returns a context under which every authentication failure seen
+// by the transport calls handle, before RoundTrip returns.
+func WithAuthFailureHandler(ctx context.Context, handle func(AuthFailure)) context.Context {
+	return context.WithValue(ctx, authFailureHandlerKey{}, handle)
+}
+
+// reportAuthFailure calls the context's handler when resp is a 401 that means the
+// credentials or the token were not enough. The first 401 of a challenge, for a request
+// sent without credentials, is the normal start of authentication and is not reported.
+func (t *Transport) reportAuthFailure(req *http.Request, resp *http.Response, host string) {
+	if resp.StatusCode != http.StatusUnauthorized {
+		return
+	}
+	handle, ok := req.Context().Value(authFailureHandlerKey{}).(func(AuthFailure))
+	if !ok {
+		return
+	}
+
+	if owner, isRealm := t.realmOwners.Load(host); isRealm {
+		handle(AuthFailure{Registry: owner.(string), TokenService: true, Method: req.Method})
+		return
+	}
+	authorization := req.Header.Get("Authorization")
+	if authorization == "" {
+		return
+	}
+	bearer := strings.HasPrefix(strings.ToLower(authorization), "bearer ")
+	handle(AuthFailure{Registry: host, Bearer: bearer, Method: req.Method})
 }

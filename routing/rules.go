@@ -72,6 +72,11 @@ type Route struct {
 	// Proxy is the proxy's base URL, http:// or https://, without path or credentials.
 	Proxy string `yaml:"proxy"`
 
+	// Address is "host:port" to connect to for the proxy instead of resolving the proxy
+	// URL's host, for networks where that name does not resolve. The URL's host is still
+	// the TLS server name and the Host header. Environment proxies do not apply to it.
+	Address string `yaml:"address"`
+
 	// TLS configures the connection to an https proxy.
 	TLS ProxyTLS `yaml:"tls"`
 
@@ -279,6 +284,13 @@ func (route *Route) validate() error {
 		return &fieldError{path: "$.proxy", message: err.Error()}
 	}
 	route.proxyURL = proxyURL
+
+	if route.Address != "" {
+		name, port, err := splitHostPort(strings.ToLower(route.Address))
+		if err != nil || port == 0 || strings.HasPrefix(name, "*") {
+			return &fieldError{path: "$.address", message: fmt.Sprintf("invalid address %q; write host:port or ip:port, such as 10.0.0.7:31080", route.Address)}
+		}
+	}
 
 	if route.TLS.Insecure && route.TLS.CAFile != "" {
 		return &fieldError{path: "$.tls", message: "ca_file and insecure exclude each other; keep ca_file to verify the proxy"}

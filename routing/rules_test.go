@@ -72,7 +72,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown route field",
 			yaml: "routes:\n  - hosts: [a.test]\n    prox: http://p.test:1\n",
-			want: []string{"bad.yaml:3:5:", `unknown field "prox"`, "allowed fields here: hosts, proxy, tls"},
+			want: []string{"bad.yaml:3:5:", `unknown field "prox"`, "allowed fields here: hosts, proxy, address, tls"},
 		},
 		{
 			name: "unknown tls field",
@@ -113,6 +113,11 @@ func TestParseErrors(t *testing.T) {
 			name: "wildcard in the middle",
 			yaml: "routes:\n  - hosts: [a.*.test]\n    proxy: http://p.test:1\n",
 			want: []string{"routes[0].hosts[0]:", `only as a leading "*."`},
+		},
+		{
+			name: "address without port",
+			yaml: "routes:\n  - hosts: [a.test]\n    proxy: http://p.test:1\n    address: 10.0.0.7\n",
+			want: []string{"bad.yaml:4:14:", "routes[0].address:", `invalid address "10.0.0.7"`, "host:port"},
 		},
 		{
 			name: "no hosts",

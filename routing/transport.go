@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -43,6 +46,7 @@ type Transport struct {
 	proxies      []http.RoundTripper          // by route index
 	proxyRoutes  map[string]int               // canonical proxy host -> index of its first route
 	realms       sync.Map                     // realmKey -> registry host, for realms on a proxy
+	realmOwners  sync.Map                     // canonical realm host -> registry host that announced it
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -78,7 +82,11 @@ func NewTransport(rules *Rules, opts ...Option) (*Transport, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: routes[%d].tls: %w", ErrInvalidRules, rules.Source, i, err)
 		}
-		t.proxies = append(t.proxies, newHTTPTransport(tlsConfig))
+		inner := newHTTPTransport(tlsConfig)
+		if route.Address != "" {
+			dialAddress(inner, route.proxyURL, route.Address)
+		}
+		t.proxies = append(t.proxies, inner)
 
 		proxyHost, err := canonicalHost(route.proxyURL.Scheme, route.proxyURL.Host)
 		if err != nil {
@@ -157,6 +165,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp.Request = req
 
 	if resp.StatusCode == http.StatusUnauthorized {
+		t.reportAuthFailure(req, resp, registryHost)
 		t.learnRealms(resp, registryHost)
 	}
 	if reason := resp.Header.Get(ProxyErrorHeader); reason != "" {
@@ -217,10 +226,16 @@ func (t *Transport) roundTripDirect(req *http.Request, dest target) (*http.Respo
 		"host":   dest.canonical,
 	}).Debug("sending request direct")
 
-	if inner, ok := t.directByHost[dest.canonical]; ok {
-		return inner.RoundTrip(out)
+	inner := t.direct
+	if byHost, ok := t.directByHost[dest.canonical]; ok {
+		inner = byHost
 	}
-	return t.direct.RoundTrip(out)
+	resp, err := inner.RoundTrip(out)
+	if err == nil && resp.StatusCode == http.StatusUnauthorized {
+		t.reportAuthFailure(req, resp, dest.canonical)
+		t.learnRealms(resp, dest.canonical)
+	}
+	return resp, err
 }
 
 // CloseIdleConnections closes the idle connections of every inner transport.
@@ -245,6 +260,25 @@ func newHTTPTransport(tlsConfig *tls.Config) *http.Transport {
 		inner.TLSClientConfig = tlsConfig
 	}
 	return inner
+}
+
+// dialAddress makes inner connect to address whenever it would dial the proxy URL's host,
+// and turns off environment proxies for it, because the address is where to connect.
+func dialAddress(inner *http.Transport, proxyURL *url.URL, address string) {
+	port := proxyURL.Port()
+	if port == "" {
+		port = strconv.Itoa(defaultPortFor(proxyURL.Scheme))
+	}
+	target := net.JoinHostPort(proxyURL.Hostname(), port)
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+
+	inner.Proxy = nil
+	inner.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if strings.EqualFold(addr, target) {
+			addr = address
+		}
+		return dialer.DialContext(ctx, network, addr)
+	}
 }
 
 // tlsConfigFor returns nil when the defaults apply, else a config trusting caFile in

@@ -506,3 +506,26 @@ func TestTransportRelativeLocationStaysRouted(t *testing.T) {
 		t.Errorf("PUT to the relative location reached the proxy as %+v, want mesh registry.prod.test", got)
 	}
 }
+
+func TestTransportProxyAddress(t *testing.T) {
+	proxy := newRecorder(t, nil)
+	address := strings.TrimPrefix(proxy.URL, "http://")
+	rules := rulesFor(t, "routes:\n  - hosts: [registry.prod.test]\n    proxy: http://mesh-proxy.invalid:31080\n    address: \""+address+"\"\n")
+	client := &http.Client{Transport: newTestTransport(t, rules)}
+
+	resp, err := client.Get("https://registry.prod.test/v2/")
+	if err != nil {
+		t.Fatalf("GET through a proxy given by address: %v", err)
+	}
+	resp.Body.Close()
+	got := proxy.seen()
+	if len(got) != 1 {
+		t.Fatalf("proxy saw %d requests, want 1", len(got))
+	}
+	if got[0].host != "mesh-proxy.invalid:31080" {
+		t.Errorf("Host header = %q, want the proxy URL's host", got[0].host)
+	}
+	if len(got[0].mesh) != 1 || got[0].mesh[0] != "registry.prod.test" {
+		t.Errorf("mesh header = %q", got[0].mesh)
+	}
+}

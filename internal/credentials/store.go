@@ -79,3 +79,18 @@ func location(file *configfile.ConfigFile, key string) string {
 	}
 	return file.Filename
 }
+
+// Username returns the username stored for registry, or "" when none is stored or the
+// store cannot be read.
+func Username(registry string) string {
+	file, err := load()
+	if err != nil {
+		return ""
+	}
+	key := serverKey(registry)
+	auth, err := file.GetCredentialsStore(key).Get(key)
+	if err != nil {
+		return ""
+	}
+	return auth.Username
+}

@@ -5,6 +5,7 @@ package registry
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/regclient/regclient"
 	"github.com/regclient/regclient/config"
@@ -39,9 +40,10 @@ type Credential struct {
 
 // Client copies images between registries, routing every request by the rules.
 type Client struct {
-	rc        *regclient.RegClient
-	transport *routing.Transport
-	log       *logrus.Logger
+	rc          *regclient.RegClient
+	transport   *routing.Transport
+	log         *logrus.Logger
+	credentials map[string]Credential
 }
 
 // New builds a Client. Credentials come from docker's config.json and its credential
@@ -96,7 +98,7 @@ func New(opts Options) (*Client, error) {
 	rcOpts := []regclient.Opt{
 		regclient.WithDockerCreds(),
 		regclient.WithConfigHost(configHosts...),
-		regclient.WithRegOpts(reg.WithHTTPClient(&http.Client{Transport: transport})),
+		regclient.WithRegOpts(reg.WithHTTPClient(&http.Client{Transport: transport, CheckRedirect: keepCredentialsOnHost})),
 		regclient.WithSlog(logging.NewSlog(log)),
 	}
 	if opts.UserAgent != "" {
@@ -104,13 +106,26 @@ func New(opts Options) (*Client, error) {
 	}
 
 	return &Client{
-		rc:        regclient.New(rcOpts...),
-		transport: transport,
-		log:       log,
+		rc:          regclient.New(rcOpts...),
+		transport:   transport,
+		log:         log,
+		credentials: opts.Credentials,
 	}, nil
 }
 
 // Close releases idle connections.
 func (c *Client) Close() {
 	c.transport.CloseIdleConnections()
+}
+
+// keepCredentialsOnHost removes the Authorization header from a redirect to another host.
+// net/http already drops it for other domains, but keeps it for subdomains, and blob
+// storage is often a subdomain of its registry. regclient calls this after adding the
+// credentials that the target host itself asked for, which this leaves alone when the
+// host is the same.
+func keepCredentialsOnHost(req *http.Request, via []*http.Request) error {
+	if len(via) > 0 && !strings.EqualFold(req.URL.Host, via[0].URL.Host) {
+		req.Header.Del("Authorization")
+	}
+	return nil
 }

@@ -68,13 +68,14 @@ func (c *Client) Copy(ctx context.Context, src, dst string, opts CopyOptions) (*
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	ctx = withRejectionCancel(ctx, cancel)
+	ctx, watch := c.watchAuth(ctx, cancel)
 
 	result, err := c.copy(ctx, src, dst, opts)
 	if err != nil {
 		if cause := rejectionCause(ctx); cause != nil {
 			return nil, cause
 		}
-		return nil, err
+		return nil, c.explain(ctx, err, watch)
 	}
 	return result, nil
 }

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -81,5 +82,28 @@ func TestParseReference(t *testing.T) {
 	_, err = ParseReference("Bad Ref")
 	if !errors.Is(err, ErrInvalidReference) || !strings.Contains(err.Error(), `"Bad Ref"`) {
 		t.Errorf("error %v, want ErrInvalidReference naming the value", err)
+	}
+}
+
+func TestRedirectDropsCredentialsForOtherHosts(t *testing.T) {
+	original, _ := http.NewRequest(http.MethodGet, "https://registry.example.com/v2/a/blobs/sha256:1", nil)
+	tests := []struct {
+		target string
+		keep   bool
+	}{
+		{"https://registry.example.com/v2/a/blobs/other", true},
+		{"https://blobs.registry.example.com/data/1", false},
+		{"https://storage.example.net/data/1", false},
+	}
+	for _, tt := range tests {
+		redirected, _ := http.NewRequest(http.MethodGet, tt.target, nil)
+		redirected.Header.Set("Authorization", "Bearer token")
+		if err := keepCredentialsOnHost(redirected, []*http.Request{original}); err != nil {
+			t.Fatal(err)
+		}
+		kept := redirected.Header.Get("Authorization") != ""
+		if kept != tt.keep {
+			t.Errorf("redirect to %s: Authorization kept = %v, want %v", tt.target, kept, tt.keep)
+		}
 	}
 }

@@ -37,13 +37,14 @@ func (c *Client) CheckLogin(ctx context.Context, host string) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	ctx = withRejectionCancel(ctx, cancel)
+	ctx, watch := c.watchAuth(ctx, cancel)
 
 	_, err = c.rc.Ping(ctx, r)
 	if err != nil {
 		if cause := rejectionCause(ctx); cause != nil {
 			return cause
 		}
-		return fmt.Errorf("logging in to %s: %w", host, err)
+		return c.explain(ctx, fmt.Errorf("logging in to %s: %w", host, err), watch)
 	}
 	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	// factory when imported.
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/middleware/redirect"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 )
 
@@ -46,6 +49,26 @@ type RegistryOptions struct {
 	// Auth is passed unchanged to distribution's configuration. The zero
 	// value disables authentication.
 	Auth configuration.Auth
+
+	// StorageRedirect, when set, makes the registry answer blob GETs with a
+	// redirect to this base URL plus the blob's storage path, as registries
+	// backed by object storage do. It needs RootDir: a file server on RootDir
+	// then serves the redirect targets.
+	StorageRedirect string
+
+	// ExtraHandlers maps a path prefix, such as "/service/token", to a
+	// handler that serves it on the registry's listener in place of the
+	// registry. A prefix matches the path itself and every path below it.
+	// The longest matching prefix wins. Prefixes must start with "/" and
+	// must not be "/" or lie under "/v2". Registry.Requests records these
+	// requests too.
+	ExtraHandlers map[string]http.Handler
+
+	// Listener, when set, is the listener the registry serves on in place
+	// of a new one. It must listen on a 127.0.0.1 TCP address. Use it when
+	// the registry's configuration must contain its own address, such as a
+	// token realm on the registry host. StartRegistry and Close close it.
+	Listener net.Listener
 }
 
 // RequestRecord is one request that reached a registry's handler.
@@ -118,8 +141,25 @@ const registryLogEnv = "IMGXFER_TEST_REGISTRY_LOG"
 // IMGXFER_TEST_REGISTRY_LOG names a level, because distribution logs every
 // request there.
 func StartRegistry(ctx context.Context, opts RegistryOptions) (*Registry, error) {
+	registry, err := startRegistry(ctx, opts)
+	if err != nil && opts.Listener != nil {
+		_ = opts.Listener.Close()
+	}
+	return registry, err
+}
+
+func startRegistry(ctx context.Context, opts RegistryOptions) (*Registry, error) {
 	if (len(opts.TLSCertPEM) == 0) != (len(opts.TLSKeyPEM) == 0) {
 		return nil, errors.New("start registry: TLSCertPEM and TLSKeyPEM must be set together")
+	}
+	extra, err := newPrefixRouter(opts.ExtraHandlers)
+	if err != nil {
+		return nil, fmt.Errorf("start registry: %w", err)
+	}
+	if opts.Listener != nil {
+		if err := checkLoopbackListener(opts.Listener); err != nil {
+			return nil, fmt.Errorf("start registry: %w", err)
+		}
 	}
 	quietDistributionLogs()
 
@@ -132,11 +172,14 @@ func StartRegistry(ctx context.Context, opts RegistryOptions) (*Registry, error)
 		return nil, fmt.Errorf("start registry: %w", err)
 	}
 
-	var listenConfig net.ListenConfig
-	listener, err := listenConfig.Listen(ctx, "tcp", "127.0.0.1:0")
-	if err != nil {
-		_ = app.Shutdown()
-		return nil, fmt.Errorf("start registry: listen on 127.0.0.1: %w", err)
+	listener := opts.Listener
+	if listener == nil {
+		var listenConfig net.ListenConfig
+		listener, err = listenConfig.Listen(ctx, "tcp", "127.0.0.1:0")
+		if err != nil {
+			_ = app.Shutdown()
+			return nil, fmt.Errorf("start registry: listen on 127.0.0.1: %w", err)
+		}
 	}
 
 	r := &Registry{
@@ -146,7 +189,7 @@ func StartRegistry(ctx context.Context, opts RegistryOptions) (*Registry, error)
 		serveDone: make(chan struct{}),
 	}
 	r.server = &http.Server{
-		Handler:           r.recordRequests(app),
+		Handler:           r.recordRequests(extra.handler(app)),
 		ReadHeaderTimeout: 30 * time.Second,
 	}
 
@@ -197,6 +240,14 @@ func registryConfiguration(opts RegistryOptions) (*configuration.Configuration, 
 		Version: configuration.CurrentVersion,
 		Storage: storage,
 		Auth:    opts.Auth,
+	}
+	if opts.StorageRedirect != "" {
+		if opts.RootDir == "" {
+			return nil, fmt.Errorf("StorageRedirect needs RootDir, so that a file server can serve the redirect targets")
+		}
+		cfg.Middleware = map[string][]configuration.Middleware{
+			"storage": {{Name: "redirect", Options: configuration.Parameters{"baseurl": opts.StorageRedirect}}},
+		}
 	}
 	// handlers.NewApp ignores Log.Level and never writes an access log, so
 	// these two settings only record the intent. quietDistributionLogs sets
@@ -267,7 +318,8 @@ func (r *Registry) HostConfig() config.Host {
 }
 
 // Requests returns a copy of the requests served so far, in the order their
-// responses started.
+// responses started. It includes requests served by
+// RegistryOptions.ExtraHandlers, which a test can tell apart by Path.
 func (r *Registry) Requests() []RequestRecord {
 	r.requestsMu.Lock()
 	defer r.requestsMu.Unlock()
@@ -343,6 +395,61 @@ func (s *statusRecorder) Flush() {
 // Unwrap lets http.ResponseController reach the connection's writer.
 func (s *statusRecorder) Unwrap() http.ResponseWriter {
 	return s.ResponseWriter
+}
+
+// prefixRouter sends each request whose path lies under one of its prefixes
+// to that prefix's handler. It matches by hand because http.ServeMux would
+// also clean paths and redirect, which changes the paths the registry
+// receives.
+type prefixRouter struct {
+	prefixes []string // longest first
+	handlers map[string]http.Handler
+}
+
+func newPrefixRouter(handlers map[string]http.Handler) (*prefixRouter, error) {
+	router := &prefixRouter{handlers: make(map[string]http.Handler, len(handlers))}
+	for prefix, handler := range handlers {
+		trimmed := strings.TrimSuffix(prefix, "/")
+		switch {
+		case !strings.HasPrefix(prefix, "/") || trimmed == "":
+			return nil, fmt.Errorf("invalid extra handler prefix %q: expected a path such as /service/token", prefix)
+		case trimmed == "/v2" || strings.HasPrefix(trimmed, "/v2/"):
+			return nil, fmt.Errorf("invalid extra handler prefix %q: it would hide the registry API under /v2", prefix)
+		case handler == nil:
+			return nil, fmt.Errorf("invalid extra handler for prefix %q: the handler is nil", prefix)
+		case router.handlers[trimmed] != nil:
+			return nil, fmt.Errorf("invalid extra handler prefix %q: another prefix differs from it only by a trailing slash", prefix)
+		}
+		router.prefixes = append(router.prefixes, trimmed)
+		router.handlers[trimmed] = handler
+	}
+	slices.SortFunc(router.prefixes, func(a, b string) int { return len(b) - len(a) })
+	return router, nil
+}
+
+func (p *prefixRouter) handler(fallback http.Handler) http.Handler {
+	if len(p.prefixes) == 0 {
+		return fallback
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		for _, prefix := range p.prefixes {
+			if req.URL.Path == prefix || strings.HasPrefix(req.URL.Path, prefix+"/") {
+				p.handlers[prefix].ServeHTTP(w, req)
+				return
+			}
+		}
+		fallback.ServeHTTP(w, req)
+	})
+}
+
+// checkLoopbackListener returns an error unless listener listens on TCP at
+// 127.0.0.1.
+func checkLoopbackListener(listener net.Listener) error {
+	addr, ok := listener.Addr().(*net.TCPAddr)
+	if !ok || !addr.IP.Equal(net.IPv4(127, 0, 0, 1)) {
+		return fmt.Errorf("invalid listener address %s: expected a TCP address on 127.0.0.1", listener.Addr())
+	}
+	return nil
 }
 
 // HtpasswdAuth writes an htpasswd file for one user into dir and returns the registry

@@ -9,6 +9,8 @@ import (
 
 	"github.com/regclient/regclient"
 	"github.com/regclient/regclient/types/mediatype"
+
+	"github.com/imgxfer/imgxfer/internal/testenv"
 )
 
 // writeDockerConfig writes config.json with basic credentials per host into the docker
@@ -73,9 +75,17 @@ func TestCopyWrongPasswordFails(t *testing.T) {
 	if res.code != 4 {
 		t.Errorf("exit code %d, want 4 (authentication failure)\n%s", res.code, res.stderr)
 	}
-	if !strings.Contains(errorLines(res.stderr), lockedHost) {
-		t.Errorf("error should name the registry:\n%s", res.stderr)
+	errs := errorLines(res.stderr)
+	if !strings.Contains(errs, lockedHost+` rejected user "`+lockedUser+`"`) {
+		t.Errorf("error should name the registry and the user:\n%s", res.stderr)
 	}
+	if strings.Count(errs, "\n") != 1 {
+		t.Errorf("want one error line:\n%s", res.stderr)
+	}
+	if n := countStatus(e.locked.Requests(), 401); n > 4 {
+		t.Errorf("the registry answered 401 %d times: retries should stop at the first rejected password", n)
+	}
+	t.Logf("error: %s", errs)
 	if strings.Contains(res.stderr, "wrong-password") {
 		t.Error("the password appears in the output")
 	}
@@ -88,4 +98,18 @@ func newLockedClient(e *env) *regclient.RegClient {
 	locked.User = lockedUser
 	locked.Pass = lockedPassword
 	return regclient.New(regclient.WithConfigHost(e.prod.HostConfig(), e.secure.HostConfig(), locked))
+}
+
+func countStatus(requests []testenv.RequestRecord, status int) int {
+	n := 0
+	for _, r := range requests {
+		if r.Status == status {
+			n++
+		}
+	}
+	return n
+}
+
+func basicAuth(user, password string) string {
+	return base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
 }

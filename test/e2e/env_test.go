@@ -200,8 +200,8 @@ func (e *env) writeRules(t *testing.T, name, content string) string {
 	return path
 }
 
-// pushRandomIndex puts a multi-platform image of small random layers into the source.
-func (e *env) pushRandomIndex(t *testing.T, repoTag string, mediaType string, platforms ...string) testenv.Pushed {
+// randomSpec returns an image of three small random layers per platform.
+func (e *env) randomSpec(t *testing.T, platforms ...string) testenv.ImageSpec {
 	t.Helper()
 	var parsed []platform.Platform
 	for _, p := range platforms {
@@ -211,7 +211,13 @@ func (e *env) pushRandomIndex(t *testing.T, repoTag string, mediaType string, pl
 		}
 		parsed = append(parsed, pl)
 	}
-	spec := testenv.RandomImage(time.Now().UnixNano(), parsed, 3, 64*1024)
+	return testenv.RandomImage(time.Now().UnixNano(), parsed, 3, 64*1024)
+}
+
+// pushRandomIndex puts a multi-platform image of small random layers into the source.
+func (e *env) pushRandomIndex(t *testing.T, repoTag string, mediaType string, platforms ...string) testenv.Pushed {
+	t.Helper()
+	spec := e.randomSpec(t, platforms...)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pushed, err := testenv.PushIndex(ctx, e.srcClient, e.src.Addr+"/"+repoTag, spec, mediaType)
@@ -234,13 +240,36 @@ func (e *env) run(t *testing.T, args ...string) result {
 	return runCommand(t, e.commandEnv(), imgxferBin, args...)
 }
 
+// unusedProxy is an environment proxy on a loopback port where nothing listens.
+const unusedProxy = "http://127.0.0.1:9"
+
+// commandEnv returns the environment for imgxfer runs: a private docker configuration and
+// home, and no rules file unless a test names one.
+//
+// HTTP_PROXY and HTTPS_PROXY name unusedProxy, with NO_PROXY empty. regclient decides
+// whether a token realm or redirect target is "local" by resolving the registry's host
+// name, unless an environment proxy applies to that host. With these settings no made-up
+// name such as registry.prod.test is ever looked up in DNS, which would leave the machine.
+// Loopback addresses bypass environment proxies, so every real connection still goes
+// straight to the servers on 127.0.0.1, and anything that tried the proxy would fail.
 func (e *env) commandEnv() []string {
-	return append(os.Environ(),
+	var environ []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch strings.ToUpper(name) {
+		case "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY":
+			continue
+		}
+		environ = append(environ, kv)
+	}
+	return append(environ,
 		"DOCKER_CONFIG="+filepath.Join(e.dir, "docker"),
 		"IMGXFER_RULES=",
 		"XDG_CONFIG_HOME="+filepath.Join(e.dir, "config"),
 		"HOME="+e.dir,
-		"NO_PROXY=*",
+		"HTTP_PROXY="+unusedProxy,
+		"HTTPS_PROXY="+unusedProxy,
+		"NO_PROXY=",
 	)
 }
 

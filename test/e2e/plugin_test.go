@@ -90,3 +90,22 @@ func TestDockerPluginProtocol(t *testing.T) {
 		e.assertImage(t, e.prod, "team/plugin:1", pushed)
 	})
 }
+
+func TestDockerPluginLogin(t *testing.T) {
+	e := newEnv(t)
+	environ := pluginEnv(t, e)
+
+	cmd := exec.Command("docker", "imgxfer", "login", "--rules", e.rulesFile, "-u", lockedUser, "--password-stdin", lockedHost)
+	cmd.Env = environ
+	cmd.Stdin = strings.NewReader(lockedPassword + "\n")
+	output, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker imgxfer login: %v\n%s", err, output)
+	}
+	if !strings.Contains(string(output), "Login succeeded") {
+		t.Errorf("docker imgxfer login output: %s", output)
+	}
+	if auths, _ := e.dockerConfig(t)["auths"].(map[string]any); auths[lockedHost] == nil {
+		t.Errorf("docker's config.json has no credentials for %s after docker imgxfer login: %v", lockedHost, auths)
+	}
+}
