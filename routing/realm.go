@@ -88,6 +88,10 @@ func parseChallenge(value string) (string, map[string]string) {
 			break
 		}
 		name = strings.ToLower(strings.TrimSpace(name))
+		if name == "" || strings.ContainsAny(name, " \t\",") {
+			// Not an auth-param: the rest of the value is malformed, so stop here.
+			break
+		}
 		after = strings.TrimSpace(after)
 
 		var paramValue string

@@ -134,7 +134,7 @@ func Load(path string) (*Rules, error) {
 // take the form "name:line:column: problem".
 func Parse(name string, data []byte) (*Rules, error) {
 	rules := &Rules{}
-	err := yaml.UnmarshalWithOptions(data, rules, yaml.DisallowUnknownField())
+	err := decodeYAML(data, rules)
 	if err != nil {
 		return nil, decodeError(name, data, err)
 	}
@@ -151,6 +151,18 @@ func Parse(name string, data []byte) (*Rules, error) {
 		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidRules, name, err)
 	}
 	return rules, nil
+}
+
+// decodeYAML decodes data strictly into v. go-yaml v1.19.2 panics on some malformed
+// input, such as a tag in place of a sequence (found by FuzzParse), so a panic becomes an
+// error here.
+func decodeYAML(data []byte, v any) (err error) {
+	defer func() {
+		if recover() != nil {
+			err = fmt.Errorf("the YAML parser failed on this input; check the syntax, such as tags (!name) and indentation")
+		}
+	}()
+	return yaml.UnmarshalWithOptions(data, v, yaml.DisallowUnknownField())
 }
 
 // Empty returns rules with no routes, under which every request goes direct.
