@@ -310,10 +310,14 @@ func TestNginxForwardsAllowlistedHost(t *testing.T) {
 	if value := got.Header.Get("X-Forwarded-For"); value != "127.0.0.1" {
 		t.Errorf("upstream X-Forwarded-For = %q, expected 127.0.0.1", value)
 	}
-	for _, name := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
-		if values := got.Header.Values(name); len(values) != 0 {
-			t.Errorf("upstream received %s %q, expected it cleared", name, values)
-		}
+	if values := got.Header.Values("X-Forwarded-Host"); len(values) != 1 || values[0] != "registry.prod.test" {
+		t.Errorf("upstream X-Forwarded-Host = %q, expected the mesh header value instead of the client's", values)
+	}
+	if values := got.Header.Values("X-Forwarded-Proto"); len(values) != 1 || values[0] != "http" {
+		t.Errorf("upstream X-Forwarded-Proto = %q, expected the upstream's scheme http instead of the client's", values)
+	}
+	if values := got.Header.Values("Forwarded"); len(values) != 0 {
+		t.Errorf("upstream received Forwarded %q, expected it cleared", values)
 	}
 }
 
@@ -938,40 +942,6 @@ func TestStartNginxReportsConfigTestOutput(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "nginx -t rejected") || !strings.Contains(err.Error(), "empty.pem") {
 		t.Errorf("error = %q, expected the nginx -t output naming empty.pem", err)
-	}
-}
-
-func TestRenderMeshTemplate(t *testing.T) {
-	template := "listen ${PORT}; root $ROOT; host $host; keep $PORT_B and ${port}; ${MISSING}"
-
-	_, err := renderMeshTemplate(template, map[string]string{"PORT": "8080", "ROOT": "/srv"})
-	if err == nil || !strings.Contains(err.Error(), "MISSING") {
-		t.Errorf("error = %v, expected one naming MISSING", err)
-	}
-
-	got, err := renderMeshTemplate(template, map[string]string{"PORT": "8080", "ROOT": "/srv", "MISSING": "x"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := "listen 8080; root /srv; host $host; keep $PORT_B and ${port}; x"; got != want {
-		t.Errorf("rendered = %q, expected %q", got, want)
-	}
-}
-
-func TestMeshTemplateDocumentsVariables(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join(meshRepoDir(t), MeshTemplatePath))
-	if err != nil {
-		t.Fatal(err)
-	}
-	template := string(data)
-	names := templateVariables(template)
-	if len(names) == 0 {
-		t.Fatal("template references no ${NAME} variables")
-	}
-	for _, name := range names {
-		if !strings.Contains(template, "#   "+name+" ") {
-			t.Errorf("template uses %s but its header comment does not describe it", name)
-		}
 	}
 }
 

@@ -1,7 +1,7 @@
 // Command demo shows imgxfer's main job on one machine, with loopback traffic only: it
 // packs imgxfer itself, cross-compiled for linux/amd64 and linux/arm64, as a two-platform
 // image in a source registry, then copies it with the imgxfer binary through nginx, run
-// from the repository's own configuration, into a registry that the client knows only by
+// from the configuration that imgxfer generates, into a registry that the client knows only by
 // a name that does not resolve. It prints what arrived, runs the copied binary for this
 // machine's platform, and stops everything it started.
 //
@@ -56,7 +56,7 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(repoDir, "nginx", "mesh-proxy.conf.template")); err != nil {
+	if _, err := os.Stat(filepath.Join(repoDir, "rules.yaml.example")); err != nil {
 		return fmt.Errorf("run the demo from the repository root: %w", err)
 	}
 	work, err := os.MkdirTemp("", "imgxfer-demo-")
@@ -176,7 +176,7 @@ func goBuild(ctx context.Context, repoDir, out, goos, goarch string) error {
 	return nil
 }
 
-// startProxy starts nginx from the repository's template with an allowlist that holds
+// startProxy starts nginx with a configuration generated for an allowlist that holds
 // only the destination registry.
 func startProxy(ctx context.Context, repoDir, work string, dst *testenv.Registry) (*testenv.Nginx, error) {
 	ca, err := testenv.NewCA()
