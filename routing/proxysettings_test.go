@@ -117,7 +117,7 @@ func TestProxyAllowlistDefaults(t *testing.T) {
 	rules, err := Parse("r.yaml", []byte(`routes:
   - hosts: [registry.prod.test, "Registry.Port.test:5000", docker.io, "[fd00::5]:5000", "registry.tls.test:443"]
     proxy: http://p.test:1
-  - hosts: [registry.prod.test, plain.prod.test]
+  - hosts: [plain.prod.test]
     proxy: http://other.test:1
 registries:
   - host: plain.prod.test
@@ -139,7 +139,7 @@ proxy:
 	expected := []struct{ header, upstream, serverName, origin string }{
 		{"[fd00::5]:5000", "https://[fd00::5]:5000", "fd00::5", "routes[0].hosts[3]"},
 		{"docker.io", "https://docker.io", "docker.io", "routes[0].hosts[2]"},
-		{"plain.prod.test", "http://plain.prod.test", "plain.prod.test", "routes[1].hosts[1]"},
+		{"plain.prod.test", "http://plain.prod.test", "plain.prod.test", "routes[1].hosts[0]"},
 		{"registry-1.docker.io", "https://registry-1.docker.io", "registry-1.docker.io", "routes[0].hosts[2]"},
 		{"registry.port.test:5000", "https://registry.port.test:5000", "registry.port.test", "routes[0].hosts[1]"},
 		{"registry.prod.test", "http://10.0.0.5:5000", "registry.prod.test", "proxy.upstreams[0]"},

@@ -10,9 +10,11 @@ package routing
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/goccy/go-yaml"
@@ -143,14 +145,23 @@ func Parse(name string, data []byte) (*Rules, error) {
 
 	err = rules.validate()
 	if err != nil {
-		var fieldErr *fieldError
-		if errors.As(err, &fieldErr) {
-			line, column := position(data, fieldErr.path)
-			return nil, fmt.Errorf("%w: %s:%d:%d: %s: %s", ErrInvalidRules, name, line, column, fieldErr.field(), fieldErr.message)
-		}
-		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidRules, name, err)
+		return nil, rules.locate(err)
 	}
 	return rules, nil
+}
+
+// locate turns a validation error into one that names the rules file and, for a field
+// error, the field's line and column.
+func (r *Rules) locate(err error) error {
+	var fieldErr *fieldError
+	if !errors.As(err, &fieldErr) {
+		return fmt.Errorf("%w: %s: %w", ErrInvalidRules, r.Source, err)
+	}
+	if r.data == nil {
+		return fmt.Errorf("%w: %s: %s: %s", ErrInvalidRules, r.Source, fieldErr.field(), fieldErr.message)
+	}
+	line, column := position(r.data, fieldErr.path)
+	return fmt.Errorf("%w: %s:%d:%d: %s: %s", ErrInvalidRules, r.Source, line, column, fieldErr.field(), fieldErr.message)
 }
 
 // decodeYAML decodes data strictly into v. go-yaml v1.19.2 panics on some malformed
@@ -174,14 +185,17 @@ func Empty() *Rules {
 // WithProxy returns a copy of the rules with a route for host through proxyURL placed
 // before all others, as the --proxy flag of a copy requests.
 func (r *Rules) WithProxy(host, proxyURL string) (*Rules, error) {
+	if host == "" {
+		return nil, fmt.Errorf("%w: --proxy routes the destination's registry, but the destination names no registry", ErrInvalidRules)
+	}
 	route := Route{Hosts: []string{host}, Proxy: proxyURL}
 	err := route.validate()
 	if err != nil {
 		var fieldErr *fieldError
 		if errors.As(err, &fieldErr) {
-			return nil, fmt.Errorf("%w: --proxy %q: %s", ErrInvalidRules, proxyURL, fieldErr.message)
+			return nil, fmt.Errorf("%w: --proxy %q: %s", ErrInvalidRules, redactURL(proxyURL), fieldErr.message)
 		}
-		return nil, fmt.Errorf("%w: --proxy %q: %w", ErrInvalidRules, proxyURL, err)
+		return nil, fmt.Errorf("%w: --proxy %q: %w", ErrInvalidRules, redactURL(proxyURL), err)
 	}
 
 	copied := *r
@@ -241,7 +255,11 @@ func (r *Rules) validate() error {
 	if !validHeaderName(r.Header) {
 		return &fieldError{path: "$.header", message: fmt.Sprintf("invalid header name %q; use letters, digits and '-', such as %q", r.Header, DefaultHeader)}
 	}
+	if reservedHeaders[http.CanonicalHeaderKey(r.Header)] {
+		return &fieldError{path: "$.header", message: fmt.Sprintf("header %q is a standard HTTP header that clients or proxies set themselves; choose a name of your own, such as %q", r.Header, DefaultHeader)}
+	}
 
+	routed := map[string]string{}
 	for i := range r.Routes {
 		err := r.Routes[i].validate()
 		if err != nil {
@@ -250,6 +268,14 @@ func (r *Rules) validate() error {
 				fieldErr.path = fmt.Sprintf("$.routes[%d]%s", i, strings.TrimPrefix(fieldErr.path, "$"))
 			}
 			return err
+		}
+
+		for j, host := range r.Routes[i].Hosts {
+			key := strings.ToLower(strings.TrimSpace(host))
+			if first, dup := routed[key]; dup {
+				return &fieldError{path: fmt.Sprintf("$.routes[%d].hosts[%d]", i, j), message: fmt.Sprintf("host %q is already routed by %s, so this entry never matches; keep one", host, first)}
+			}
+			routed[key] = fmt.Sprintf("routes[%d]", i)
 		}
 	}
 
@@ -339,27 +365,49 @@ func (reg *Registry) validate() error {
 }
 
 func parseProxyURL(raw string) (*url.URL, error) {
+	shown := redactURL(raw)
+	if !strings.Contains(raw, "://") {
+		return nil, fmt.Errorf("invalid proxy URL %q: missing scheme; write http://%s or https://%s", shown, shown, shown)
+	}
 	proxyURL, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("invalid proxy URL %q: %w", raw, err)
+		return nil, fmt.Errorf("invalid proxy URL %q; write scheme, host and port, such as http://mesh-proxy.example.com:31080", shown)
 	}
 	if proxyURL.Scheme != "http" && proxyURL.Scheme != "https" {
-		return nil, fmt.Errorf("invalid proxy URL %q: the scheme must be http or https, such as http://mesh-proxy.example.com:31080", raw)
+		return nil, fmt.Errorf("invalid proxy URL %q: the scheme must be http or https, such as http://mesh-proxy.example.com:31080", shown)
 	}
 	if proxyURL.Host == "" || proxyURL.Hostname() == "" {
-		return nil, fmt.Errorf("invalid proxy URL %q: missing host, such as http://mesh-proxy.example.com:31080", raw)
+		return nil, fmt.Errorf("invalid proxy URL %q: missing host, such as http://mesh-proxy.example.com:31080", shown)
 	}
 	if proxyURL.User != nil {
-		return nil, fmt.Errorf("invalid proxy URL %q: credentials in the URL are not supported; remove them", proxyURL.Redacted())
+		return nil, fmt.Errorf("invalid proxy URL %q: credentials in the URL are not supported; remove them", shown)
 	}
 	if (proxyURL.Path != "" && proxyURL.Path != "/") || proxyURL.RawQuery != "" || proxyURL.Fragment != "" {
-		return nil, fmt.Errorf("invalid proxy URL %q: a path, query or fragment is not supported; give scheme, host and port only", raw)
+		return nil, fmt.Errorf("invalid proxy URL %q: a path, query or fragment is not supported; give scheme, host and port only", shown)
 	}
 	if _, err := canonicalHost(proxyURL.Scheme, proxyURL.Host); err != nil {
-		return nil, fmt.Errorf("invalid proxy URL %q: %w", raw, err)
+		return nil, fmt.Errorf("invalid proxy URL %q: %w", shown, err)
 	}
 	proxyURL.Path = ""
 	return proxyURL, nil
+}
+
+// userinfo matches the credentials part of a URL-like string, even one that url.Parse
+// rejects, such as "user:secret@host:1" without a scheme.
+var userinfo = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*://)?[^/@]*@`)
+
+// redactURL replaces any credentials in a URL-like string, so that errors can quote it.
+func redactURL(raw string) string {
+	return userinfo.ReplaceAllString(raw, "${1}xxxxx@")
+}
+
+// reservedHeaders are standard headers that the routing header must not replace.
+var reservedHeaders = map[string]bool{
+	"Host": true, "Authorization": true, "Proxy-Authorization": true, "Connection": true,
+	"Content-Length": true, "Content-Type": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Te": true, "Trailer": true, "Keep-Alive": true, "Cookie": true, "Accept": true,
+	"Accept-Encoding": true, "Range": true, "User-Agent": true, "Location": true,
+	"Forwarded": true, "X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true,
 }
 
 func validHeaderName(name string) bool {

@@ -87,12 +87,27 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "proxy without scheme",
 			yaml: "routes:\n  - hosts: [a.test]\n    proxy: p.test:31080\n",
-			want: []string{"bad.yaml:3:12:", "routes[0].proxy:", `"p.test:31080"`, "scheme must be http or https"},
+			want: []string{"bad.yaml:3:12:", "routes[0].proxy:", `"p.test:31080"`, "missing scheme; write http://p.test:31080"},
+		},
+		{
+			name: "proxy with other scheme",
+			yaml: "routes:\n  - hosts: [a.test]\n    proxy: ftp://p.test:31080\n",
+			want: []string{"routes[0].proxy:", "scheme must be http or https"},
 		},
 		{
 			name: "proxy with credentials",
 			yaml: "routes:\n  - hosts: [a.test]\n    proxy: http://user:secret@p.test:1\n",
 			want: []string{"routes[0].proxy:", "credentials in the URL are not supported"},
+		},
+		{
+			name: "reserved header",
+			yaml: "header: Host\n",
+			want: []string{"bad.yaml:1:9:", "header:", `header "Host" is a standard HTTP header`},
+		},
+		{
+			name: "host in two routes",
+			yaml: "routes:\n  - hosts: [a.test]\n    proxy: http://p.test:1\n  - hosts: [b.test, A.test]\n    proxy: http://q.test:1\n",
+			want: []string{"bad.yaml:4:21:", "routes[1].hosts[1]:", "already routed by routes[0]"},
 		},
 		{
 			name: "proxy with path",
@@ -152,7 +167,27 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "wrong type",
 			yaml: "routes: yes\n",
-			want: []string{"bad.yaml:1:"},
+			want: []string{"bad.yaml:1:9:", "routes: expected a list of mappings with fields hosts, proxy"},
+		},
+		{
+			name: "string where tls mapping belongs",
+			yaml: "routes:\n  - hosts: [a.test]\n    proxy: http://p.test:1\n    tls: disabled\n",
+			want: []string{"bad.yaml:4:10:", "routes[0].tls: expected a mapping with fields ca_file, insecure"},
+		},
+		{
+			name: "mapping where registry tls string belongs",
+			yaml: "registries:\n  - host: a.test\n    tls: {ca_file: /x}\n",
+			want: []string{"bad.yaml:3:10:", "registries[0].tls: expected a string"},
+		},
+		{
+			name: "version not a number",
+			yaml: "version: \"one\"\n",
+			want: []string{"bad.yaml:1:10:", "version: expected a whole number"},
+		},
+		{
+			name: "insecure not a boolean",
+			yaml: "routes:\n  - hosts: [a.test]\n    proxy: https://p:1\n    tls: {insecure: maybe}\n",
+			want: []string{"routes[0].tls.insecure: expected true or false"},
 		},
 		{
 			name: "syntax error",
@@ -229,5 +264,22 @@ func TestExampleRulesFileParses(t *testing.T) {
 	}
 	if route := rules.Match("https", "registry-1.docker.io"); route == nil {
 		t.Error("the Docker Hub route of rules.yaml.example does not match registry-1.docker.io")
+	}
+}
+
+func TestProxyURLErrorsHideCredentials(t *testing.T) {
+	for _, raw := range []string{"http://bob:S3CRETpw@127.0.0.1:9", "bob:S3CRETpw@127.0.0.1:9", "ftp://bob:S3CRETpw@p.test:1", "http://bob:S3CRETpw@p.test:1/path"} {
+		_, err := Empty().WithProxy("registry.prod.test", raw)
+		if err == nil {
+			t.Errorf("WithProxy(%q) succeeded", raw)
+			continue
+		}
+		if strings.Contains(err.Error(), "S3CRETpw") {
+			t.Errorf("WithProxy(%q) error shows the password: %v", raw, err)
+		}
+		_, err = Parse("r.yaml", []byte("routes:\n  - hosts: [a.test]\n    proxy: \""+raw+"\"\n"))
+		if err == nil || strings.Contains(err.Error(), "S3CRETpw") {
+			t.Errorf("Parse with proxy %q: error %v, want one without the password", raw, err)
+		}
 	}
 }

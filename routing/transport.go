@@ -80,7 +80,7 @@ func NewTransport(rules *Rules, opts ...Option) (*Transport, error) {
 		route := &rules.Routes[i]
 		tlsConfig, err := tlsConfigFor(route.TLS.CAFile, route.TLS.Insecure)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: routes[%d].tls: %w", ErrInvalidRules, rules.Source, i, err)
+			return nil, rules.locate(&fieldError{path: fmt.Sprintf("$.routes[%d].tls.ca_file", i), message: err.Error()})
 		}
 		inner := newHTTPTransport(tlsConfig)
 		if route.Address != "" {
@@ -104,7 +104,7 @@ func NewTransport(rules *Rules, opts ...Option) (*Transport, error) {
 		}
 		tlsConfig, err := tlsConfigFor(reg.CAFile, reg.TLS == TLSInsecure)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: registries[%d]: %w", ErrInvalidRules, rules.Source, i, err)
+			return nil, rules.locate(&fieldError{path: fmt.Sprintf("$.registries[%d].ca_file", i), message: err.Error()})
 		}
 		host, err := canonicalHost("https", reg.Host)
 		if err != nil {

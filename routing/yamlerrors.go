@@ -76,8 +76,77 @@ func decodeError(name string, data []byte, err error) error {
 		if allowed := allowedFieldsAt(data, pos.Line, pos.Column); allowed != "" {
 			message += "; allowed fields here: " + allowed
 		}
+		return fmt.Errorf("%w: %s:%d:%d: %s", ErrInvalidRules, name, pos.Line, pos.Column, message)
+	}
+
+	// go-yaml words type errors in Go terms ("cannot unmarshal string into Go struct
+	// field Rules.Version of type int"). Name the field and the expected YAML kind instead.
+	if field := fieldAt(data, pos.Line, pos.Column); field != "" {
+		if kind := expectedKind(field); kind != "" {
+			message = "expected " + kind
+		}
+		return fmt.Errorf("%w: %s:%d:%d: %s: %s", ErrInvalidRules, name, pos.Line, pos.Column, field, message)
 	}
 	return fmt.Errorf("%w: %s:%d:%d: %s", ErrInvalidRules, name, pos.Line, pos.Column, message)
+}
+
+// fieldAt returns the field path, such as "routes[0].tls", of the value at line:column,
+// or "" when no mapping value starts there.
+func fieldAt(data []byte, line, column int) string {
+	file, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		return ""
+	}
+	var path string
+	for _, doc := range file.Docs {
+		ast.Walk(visitorFunc(func(node ast.Node) {
+			mv, ok := node.(*ast.MappingValueNode)
+			if !ok || path != "" || mv.Value == nil {
+				return
+			}
+			tok := mv.Value.GetToken()
+			if tok != nil && tok.Position.Line == line && tok.Position.Column == column {
+				path = mv.Key.GetPath()
+			}
+		}), doc)
+	}
+	return strings.TrimPrefix(strings.TrimPrefix(path, "$"), ".")
+}
+
+// expectedKind describes the YAML value that the field at path takes, such as "a list of
+// strings" or "a mapping with fields ca_file, insecure", or "" when path is unknown.
+func expectedKind(path string) string {
+	parent := structAt(reflect.TypeOf(Rules{}), parentPath("$."+path))
+	if parent == nil {
+		return ""
+	}
+	name := indexSegment.ReplaceAllString(path[strings.LastIndex(path, ".")+1:], "")
+	field, ok := fieldByYAMLName(parent, name)
+	if !ok {
+		return ""
+	}
+	return describeKind(field.Type)
+}
+
+func describeKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Slice:
+		if t.Elem().Kind() == reflect.Struct {
+			return "a list of mappings with fields " + strings.Join(yamlFieldNames(t.Elem()), ", ")
+		}
+		return "a list of " + strings.TrimPrefix(describeKind(t.Elem()), "a ") + "s"
+	case reflect.Struct:
+		return "a mapping with fields " + strings.Join(yamlFieldNames(t), ", ")
+	case reflect.Pointer:
+		return describeKind(t.Elem())
+	}
+	return ""
 }
 
 // allowedFieldsAt finds the mapping key at line:column and lists the YAML field names of
