@@ -123,8 +123,12 @@ func run(ctx context.Context) error {
 
 	dstRef := prodHost + "/" + imageRepo + ":v1"
 	step("Copying: imgxfer copy --rules rules.yaml " + srcRef + " " + dstRef)
-	copyCmd := exec.CommandContext(ctx, hostBinary, "--log-level", "warn", "copy", "--rules", rulesFile, srcRef, dstRef)
-	copyCmd.Env = append(os.Environ(), "DOCKER_CONFIG="+filepath.Join(work, "docker"), "NO_PROXY=*")
+	copyCmd := exec.CommandContext(ctx, hostBinary, "copy", "--rules", rulesFile, srcRef, dstRef)
+	// The environment proxy is a loopback port where nothing listens. Loopback traffic
+	// bypasses it, and with it set regclient never resolves registry.prod.test in DNS
+	// when it checks whether a host is local.
+	copyCmd.Env = append(os.Environ(), "DOCKER_CONFIG="+filepath.Join(work, "docker"),
+		"HTTP_PROXY=http://127.0.0.1:9", "HTTPS_PROXY=http://127.0.0.1:9", "NO_PROXY=")
 	copyCmd.Stdout, copyCmd.Stderr = os.Stdout, os.Stderr
 	if err := copyCmd.Run(); err != nil {
 		return fmt.Errorf("imgxfer copy: %w", err)
