@@ -25,7 +25,7 @@ import (
 var k8sDir = filepath.Join(repoRoot, "k8s")
 
 // kustomizations are every kustomization in k8s/, relative to k8sDir.
-var kustomizations = []string{"base", "overlays/staging", "sync"}
+var kustomizations = []string{".", "base", "overlays/staging", "sync"}
 
 // buildKustomization runs `kustomize build` on a directory of k8s/, offline.
 func buildKustomization(t *testing.T, dir string) resmap.ResMap {
@@ -297,6 +297,22 @@ func checkProxyBuild(t *testing.T, resources resmap.ResMap, rulesFile string, no
 	}
 	if len(service.Spec.Ports) != len(nodePorts) {
 		t.Errorf("Service has %d ports, expected %d", len(service.Spec.Ports), len(nodePorts))
+	}
+}
+
+func TestK8sRootAppliesBase(t *testing.T) {
+	root := buildKustomization(t, ".")
+	base := buildKustomization(t, "base")
+	rootYAML, err := root.AsYaml()
+	if err != nil {
+		t.Fatal(err)
+	}
+	baseYAML, err := base.AsYaml()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(rootYAML) != string(baseYAML) {
+		t.Error("kubectl apply -k k8s/ would apply something other than k8s/base")
 	}
 }
 
