@@ -12,7 +12,7 @@ LDFLAGS := -s -w \
 	-X $(PKG)/internal/version.Commit=$(COMMIT) \
 	-X $(PKG)/internal/version.Date=$(DATE)
 
-.PHONY: all build install-plugin deps test lint unit e2e demo clean
+.PHONY: all build install-plugin deps test lint unit e2e demo release-check completion clean
 
 all: build
 
@@ -30,9 +30,22 @@ install-plugin: build
 deps:
 	./scripts/install-deps.sh
 
-## test: static checks, then every test with the race detector, end-to-end tests included
+## test: static checks, every test with the race detector, end-to-end tests included, then
+## a cross-compile of every release target
 test: deps lint
 	$(GO) test -race -count=1 -timeout 25m ./...
+	$(MAKE) release-check
+
+## release-check: build every goos/goarch of .goreleaser.yaml with the release flags, offline
+release-check:
+	GO=$(GO) ./scripts/release-check.sh $(BIN)/release-check
+
+## completion: write the bash, zsh and fish completion scripts into $(BIN)/completion
+completion: build
+	mkdir -p $(BIN)/completion
+	$(BIN)/imgxfer completion bash > $(BIN)/completion/imgxfer.bash
+	$(BIN)/imgxfer completion zsh > $(BIN)/completion/_imgxfer
+	$(BIN)/imgxfer completion fish > $(BIN)/completion/imgxfer.fish
 
 ## lint: go vet, gofmt and a tidy go.mod
 lint:

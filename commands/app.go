@@ -51,28 +51,17 @@ func (a *App) cliApp() *cli.App {
 		Reader:                 a.stdin,
 		Writer:                 a.stdout,
 		ErrWriter:              a.stderr,
-		HideHelpCommand:        true,
+		HideHelpCommand:        false,
 		UseShortOptionHandling: false,
-		Flags: []cli.Flag{
-			&cli.StringFlag{
-				Name:    flagLogLevel,
-				Usage:   "log level on stderr: " + strings.Join(logging.Levels, ", "),
-				Value:   "info",
-				EnvVars: []string{"IMGXFER_LOG_LEVEL"},
-			},
-			&cli.StringFlag{
-				Name:    flagLogFormat,
-				Usage:   "log format on stderr: text or json",
-				Value:   logging.FormatText,
-				EnvVars: []string{"IMGXFER_LOG_FORMAT"},
-			},
-		},
-		Before: a.setUpLogging,
+		Flags:                  logFlags(),
+		Before:                 a.setUpLogging,
 		Commands: []*cli.Command{
 			a.copyCommand(),
 			a.loginCommand(),
 			a.logoutCommand(),
+			a.proxyCommand(), a.routeCommand(), a.doctorCommand(),
 			a.versionCommand(),
+			a.syncCommand(), a.completionCommand(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
@@ -85,8 +74,34 @@ func (a *App) cliApp() *cli.App {
 	}
 	for _, command := range app.Commands {
 		command.OnUsageError = a.onUsageError
+		// The log flags work after the command name too, as users of tools with global
+		// flags expect; there they override the values given before it.
+		command.Flags = append(command.Flags, logFlags()...)
+		command.Before = func(c *cli.Context) error {
+			if c.IsSet(flagLogLevel) || c.IsSet(flagLogFormat) {
+				return a.setUpLogging(c)
+			}
+			return nil
+		}
 	}
 	return app
+}
+
+func logFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{
+			Name:    flagLogLevel,
+			Usage:   "log level on stderr: " + strings.Join(logging.Levels, ", "),
+			Value:   "info",
+			EnvVars: []string{"IMGXFER_LOG_LEVEL"},
+		},
+		&cli.StringFlag{
+			Name:    flagLogFormat,
+			Usage:   "log format on stderr: text or json",
+			Value:   logging.FormatText,
+			EnvVars: []string{"IMGXFER_LOG_FORMAT"},
+		},
+	}
 }
 
 func (a *App) setUpLogging(c *cli.Context) error {

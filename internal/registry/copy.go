@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/regclient/regclient"
-	"github.com/regclient/regclient/types"
 	"github.com/regclient/regclient/types/descriptor"
 	"github.com/regclient/regclient/types/manifest"
 	"github.com/regclient/regclient/types/platform"
@@ -26,26 +24,89 @@ var ErrInvalidReference = errors.New("invalid reference")
 // ErrPlatformNotFound marks a --platform that the source image does not contain.
 var ErrPlatformNotFound = errors.New("platform not found")
 
-// CopyOptions narrows or changes a copy.
-type CopyOptions struct {
+// CopySpec is one copy: an image, where it goes, and what changes on the way.
+type CopySpec struct {
+	// Origin names where the copy was defined, such as "images.yaml:12", for messages.
+	// It is empty for a copy given on the command line.
+	Origin string
+
+	// Source and Destination are image references, [registry/]repository[:tag][@digest].
+	Source      string
+	Destination string
+
 	// Platforms limits an index to these platforms, such as "linux/amd64" or
 	// "linux/arm/v7". One platform copies that platform's manifest alone; several make a
 	// new index that lists only them. Empty copies everything.
 	Platforms []string
+
+	// Annotations are set on the manifest that the destination tag names: the index, or
+	// the image manifest of a single-platform copy. They give it a new digest.
+	Annotations map[string]string
 }
 
-// CopyResult describes a finished copy.
+// CopyOptions apply to every copy of a run.
+type CopyOptions struct {
+	// Referrers copies the OCI referrers of every manifest copied, and the
+	// "sha256-<digest>.*" tags that cosign uses for signatures, attestations and SBOMs.
+	Referrers bool
+
+	// Force copies even when the destination already has the digest that the copy would
+	// write, and pushes every manifest again. Blobs present in the destination are still
+	// not sent, because a digest names their content.
+	Force bool
+
+	// DryRun reads the source and the destination and reports what a copy would write,
+	// without writing anything.
+	DryRun bool
+
+	// Track, when set, returns the tracker that follows one copy.
+	Track func(spec CopySpec) Tracker
+}
+
+// Status is the outcome of one copy.
+type Status string
+
+// Copy outcomes.
+const (
+	StatusCopied  Status = "copied"  // the destination now has the image
+	StatusSkipped Status = "skipped" // the destination already had it, so nothing was written
+	StatusPlanned Status = "planned" // dry run: the copy would write what Plan describes
+	StatusFailed  Status = "failed"
+)
+
+// CopyResult describes a finished, skipped, planned or failed copy.
 type CopyResult struct {
-	Source            string        `json:"source"`
-	SourceDigest      string        `json:"sourceDigest"`
-	Destination       string        `json:"destination"`
-	DestinationDigest string        `json:"destinationDigest"`
-	MediaType         string        `json:"mediaType"`
-	Platforms         []string      `json:"platforms,omitempty"`
-	BytesCopied       int64         `json:"bytesCopied"`
-	BlobsCopied       int           `json:"blobsCopied"`
-	BlobsSkipped      int           `json:"blobsSkipped"`
-	Duration          time.Duration `json:"duration"`
+	Origin            string
+	Source            string
+	SourceDigest      string
+	Destination       string
+	DestinationDigest string
+	MediaType         string
+	Platforms         []string
+	Annotations       map[string]string
+	Status            Status
+
+	BytesCopied  int64
+	BlobsCopied  int // sent from the source
+	BlobsSkipped int // already in the destination, or mounted by the registry client within one registry
+	BlobsMounted int // mounted from another repository of the destination registry that this run filled
+
+	// Plan describes what a dry run would copy. It is nil outside dry runs.
+	Plan *PlanSummary
+
+	Duration time.Duration
+
+	// Err is the error that failed the copy, nil unless Status is StatusFailed.
+	Err error
+}
+
+// PlanSummary describes what a copy would transfer.
+type PlanSummary struct {
+	Blobs        int   // configs and layers that the destination image references
+	Bytes        int64 // their total size
+	BlobsPresent int   // of those, already in the destination repository
+	BytesPresent int64
+	NewManifest  bool // the top-level manifest is new: narrowed to platforms or annotated
 }
 
 // ParseReference parses an image reference the way docker does: a name without registry
@@ -59,10 +120,26 @@ func ParseReference(text string) (ref.Ref, error) {
 	return r, nil
 }
 
-// Copy copies the image at src to dst with every manifest and blob it references, or the
-// subset that opts selects. Blobs stream from source to destination. The destination tag
-// is written last, after everything it points to, so it never names an incomplete image.
-func (c *Client) Copy(ctx context.Context, src, dst string, opts CopyOptions) (*CopyResult, error) {
+// Copy copies the image at spec.Source to spec.Destination with every manifest and blob
+// it references, or the subset that spec selects. Blobs stream from source to destination.
+// The destination tag is written last, after everything it points to, so it never names
+// an incomplete image. A destination that already has the digest that the copy would
+// write costs one manifest HEAD request and is skipped, unless opts.Force is set.
+//
+// The returned result has Status StatusFailed and Err set when the copy failed.
+func (c *Client) Copy(ctx context.Context, spec CopySpec, opts CopyOptions) *CopyResult {
+	return c.copyOne(ctx, spec, opts, nil)
+}
+
+// copyOne runs one copy with its own cancellation, so that a rejected password or a proxy
+// rejection stops this copy and no other.
+func (c *Client) copyOne(ctx context.Context, spec CopySpec, opts CopyOptions, ledger *blobLedger) *CopyResult {
+	start := time.Now()
+	var tracker Tracker = nopTracker{}
+	if opts.Track != nil {
+		tracker = opts.Track(spec)
+	}
+
 	// A proxy that rejects a route rejects every retry too, so the first rejection stops the
 	// copy and becomes its error, rather than the failed request regclient reports.
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -70,14 +147,201 @@ func (c *Client) Copy(ctx context.Context, src, dst string, opts CopyOptions) (*
 	ctx = withRejectionCancel(ctx, cancel)
 	ctx, watch := c.watchAuth(ctx, cancel)
 
-	result, err := c.copy(ctx, src, dst, opts)
+	result, err := c.runCopy(ctx, spec, opts, ledger, tracker)
+	if result == nil {
+		result = &CopyResult{}
+	}
+	result.Origin = spec.Origin
+	if result.Source == "" {
+		result.Source = spec.Source
+	}
+	if result.Destination == "" {
+		result.Destination = spec.Destination
+	}
+	result.Duration = time.Since(start)
 	if err != nil {
 		if cause := rejectionCause(ctx); cause != nil {
-			return nil, cause
+			err = cause
+		} else {
+			err = c.explain(ctx, err, watch)
 		}
-		return nil, c.explain(ctx, err, watch)
+		result.Status = StatusFailed
+		result.Err = err
 	}
+	tracker.Finished(result)
+	return result
+}
+
+func (c *Client) runCopy(ctx context.Context, spec CopySpec, opts CopyOptions, ledger *blobLedger, tracker Tracker) (*CopyResult, error) {
+	p, err := c.buildPlan(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	result := &CopyResult{
+		Source:            p.src.CommonName(),
+		SourceDigest:      p.srcDigest,
+		Destination:       p.dst.CommonName(),
+		DestinationDigest: p.digest(),
+		MediaType:         p.top.GetDescriptor().MediaType,
+		Platforms:         p.platforms,
+		Annotations:       spec.Annotations,
+	}
+	logFields := logrus.Fields{"source": result.Source, "digest": p.srcDigest, "destination": result.Destination}
+
+	if p.upToDate() && !opts.Force && (!opts.Referrers || opts.DryRun) {
+		c.log.WithFields(logFields).Debug("destination is up to date")
+		result.Status = StatusSkipped
+		return result, nil
+	}
+
+	if opts.DryRun {
+		summary, err := c.summarize(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		result.Plan = summary
+		result.Status = StatusPlanned
+		return result, nil
+	}
+
+	progress := newCopyProgress(tracker)
+	if p.upToDate() && !opts.Force {
+		// Only referrers can be missing: copy them, and nothing else.
+		c.log.WithFields(logFields).Debug("destination is up to date; copying new referrers")
+		if err := c.copyContent(ctx, p, opts, progress); err != nil {
+			return nil, err
+		}
+		result.BytesCopied, result.BlobsCopied, result.BlobsSkipped, result.BlobsMounted = progress.totals()
+		result.Status = StatusSkipped
+		if progress.wroteAnything() {
+			result.Status = StatusCopied
+		}
+		return result, nil
+	}
+
+	blobs, err := c.listBlobs(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	progress.start(blobs)
+	c.log.WithFields(logFields).Debug("copying image")
+
+	var claims *ledgerClaims
+	if ledger != nil && p.dst.Scheme == "reg" && !ref.EqualRegistry(p.src, p.dst) {
+		claims, err = ledger.reserve(ctx, p.dst, blobs)
+		if err != nil {
+			return nil, err
+		}
+		progress.onBlobDone = claims.release
+		c.mountFromLedger(ctx, p.dst, claims, progress)
+	}
+	err = c.copyContent(ctx, p, opts, progress)
+	if claims != nil {
+		claims.finish(err == nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	head, err := c.rc.ManifestHead(ctx, p.dst, regclient.WithManifestRequireDigest())
+	if err != nil {
+		return nil, fmt.Errorf("reading destination manifest %s after the copy: %w", p.dst.CommonName(), err)
+	}
+	result.DestinationDigest = head.GetDescriptor().Digest.String()
+	if result.DestinationDigest != p.digest() {
+		c.log.WithFields(logFields).WithField("expected", p.digest()).WithField("found", result.DestinationDigest).
+			Warn("the destination changed during the copy: another client may have pushed to it")
+	}
+	result.BytesCopied, result.BlobsCopied, result.BlobsSkipped, result.BlobsMounted = progress.totals()
+	result.Status = StatusCopied
+	c.log.WithFields(logFields).WithFields(logrus.Fields{
+		"bytes":   result.BytesCopied,
+		"blobs":   result.BlobsCopied,
+		"skipped": result.BlobsSkipped,
+		"mounted": result.BlobsMounted,
+	}).Debug("copied image")
 	return result, nil
+}
+
+// copyContent writes the plan's content to the destination, the destination tag last.
+func (c *Client) copyContent(ctx context.Context, p *plan, opts CopyOptions, progress *copyProgress) error {
+	imageOpts := []regclient.ImageOpts{regclient.ImageWithCallback(progress.callback)}
+	if opts.Referrers {
+		imageOpts = append(imageOpts, regclient.ImageWithReferrers(), regclient.ImageWithDigestTags())
+	}
+	if opts.Force {
+		imageOpts = append(imageOpts, regclient.ImageWithForceRecursive())
+	}
+
+	if !p.rebuilt {
+		err := c.rc.ImageCopy(ctx, p.topSource, p.dst, imageOpts...)
+		if err != nil {
+			return fmt.Errorf("copying %s to %s: %w", p.src.CommonName(), p.dst.CommonName(), err)
+		}
+		return nil
+	}
+
+	if index, ok := p.top.(manifest.Indexer); ok {
+		children, err := index.GetManifestList()
+		if err != nil {
+			return err
+		}
+		for _, child := range children {
+			digest := child.Digest.String()
+			err := c.rc.ImageCopy(ctx, p.src.SetDigest(digest), p.dst.SetDigest(digest), imageOpts...)
+			if err != nil {
+				return fmt.Errorf("copying %s (%s) to %s: %w", p.src.CommonName(), describeChild(child), p.dst.CommonName(), err)
+			}
+		}
+	} else {
+		blobs, err := c.listBlobs(ctx, p)
+		if err != nil {
+			return err
+		}
+		for _, blob := range blobs {
+			err := c.rc.BlobCopy(ctx, p.topSource, p.dst, blob, regclient.BlobWithCallback(progress.callback))
+			if err != nil {
+				return fmt.Errorf("copying blob %s of %s to %s: %w", blob.Digest, p.src.CommonName(), p.dst.CommonName(), err)
+			}
+		}
+	}
+
+	if p.upToDate() && !opts.Force {
+		return nil
+	}
+	err := c.rc.ManifestPut(ctx, p.dst, p.top)
+	if err != nil {
+		return fmt.Errorf("pushing the new manifest of %s: %w", p.dst.CommonName(), err)
+	}
+	progress.manifestWritten()
+	return nil
+}
+
+func describeChild(d descriptor.Descriptor) string {
+	if d.Platform != nil {
+		return d.Platform.String()
+	}
+	return d.Digest.String()
+}
+
+// summarize lists what a dry run would transfer, with a HEAD request per blob to the
+// destination repository.
+func (c *Client) summarize(ctx context.Context, p *plan) (*PlanSummary, error) {
+	blobs, err := c.listBlobs(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	summary := &PlanSummary{Blobs: len(blobs), NewManifest: p.rebuilt}
+	for _, blob := range blobs {
+		summary.Bytes += blob.Size
+		head, err := c.rc.BlobHead(ctx, p.dst, blob)
+		if err == nil {
+			_ = head.Close()
+			summary.BlobsPresent++
+			summary.BytesPresent += blob.Size
+		}
+	}
+	return summary, nil
 }
 
 // withRejectionCancel makes a proxy's rejection of any request under ctx cancel it.
@@ -91,150 +355,6 @@ func rejectionCause(ctx context.Context) error {
 		return cause
 	}
 	return nil
-}
-
-func (c *Client) copy(ctx context.Context, src, dst string, opts CopyOptions) (*CopyResult, error) {
-	start := time.Now()
-	srcRef, err := ParseReference(src)
-	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	dstRef, err := ParseReference(dst)
-	if err != nil {
-		return nil, fmt.Errorf("destination: %w", err)
-	}
-	platforms, err := parsePlatforms(opts.Platforms)
-	if err != nil {
-		return nil, err
-	}
-
-	srcManifest, err := c.rc.ManifestGet(ctx, srcRef)
-	if err != nil {
-		return nil, fmt.Errorf("reading source manifest %s: %w", srcRef.CommonName(), err)
-	}
-	srcDigest := srcManifest.GetDescriptor().Digest.String()
-	// Copy by digest, so a tag that moves during the copy cannot mix two images.
-	pinned := srcRef.SetDigest(srcDigest)
-
-	if dstRef.Digest != "" && dstRef.Digest != srcDigest && len(platforms) == 0 {
-		return nil, fmt.Errorf("%w %q: the destination digest differs from the source digest %s; give the destination a tag or the source digest", ErrInvalidReference, dst, srcDigest)
-	}
-
-	progress := &copyProgress{}
-	logFields := logrus.Fields{"source": srcRef.CommonName(), "digest": srcDigest, "destination": dstRef.CommonName()}
-	c.log.WithFields(logFields).Info("copying image")
-
-	result := &CopyResult{
-		Source:       srcRef.CommonName(),
-		SourceDigest: srcDigest,
-		Destination:  dstRef.CommonName(),
-		MediaType:    srcManifest.GetDescriptor().MediaType,
-	}
-
-	if len(platforms) == 0 {
-		err = c.rc.ImageCopy(ctx, pinned, dstRef, regclient.ImageWithCallback(progress.callback))
-		if err != nil {
-			return nil, fmt.Errorf("copying %s to %s: %w", srcRef.CommonName(), dstRef.CommonName(), err)
-		}
-	} else {
-		mediaType, selected, err := c.copyPlatforms(ctx, srcManifest, pinned, dstRef, platforms, progress)
-		if err != nil {
-			return nil, err
-		}
-		result.MediaType = mediaType
-		result.Platforms = selected
-	}
-
-	dstManifest, err := c.rc.ManifestHead(ctx, dstRef, regclient.WithManifestRequireDigest())
-	if err != nil {
-		return nil, fmt.Errorf("reading destination manifest %s after the copy: %w", dstRef.CommonName(), err)
-	}
-
-	result.DestinationDigest = dstManifest.GetDescriptor().Digest.String()
-	result.BytesCopied, result.BlobsCopied, result.BlobsSkipped = progress.totals()
-	result.Duration = time.Since(start)
-	c.log.WithFields(logFields).WithFields(logrus.Fields{
-		"bytes":    result.BytesCopied,
-		"blobs":    result.BlobsCopied,
-		"skipped":  result.BlobsSkipped,
-		"duration": result.Duration.String(),
-	}).Info("copied image")
-	return result, nil
-}
-
-// copyPlatforms copies the selected platforms of srcManifest. A single platform is copied
-// as its own manifest. Several are copied by digest, then a new index that lists only them
-// is pushed to the destination tag. It returns the media type and the platforms written.
-func (c *Client) copyPlatforms(ctx context.Context, srcManifest manifest.Manifest, src, dst ref.Ref, platforms []platform.Platform, progress *copyProgress) (string, []string, error) {
-	index, isIndex := srcManifest.(manifest.Indexer)
-	if !isIndex {
-		return c.copySinglePlatform(ctx, srcManifest, src, dst, platforms, progress)
-	}
-
-	children, err := index.GetManifestList()
-	if err != nil {
-		return "", nil, fmt.Errorf("reading the manifest list of %s: %w", src.CommonName(), err)
-	}
-	selected, names, err := selectPlatforms(children, platforms, src.CommonName())
-	if err != nil {
-		return "", nil, err
-	}
-
-	if len(selected) == 1 {
-		if dst.Digest != "" && dst.Digest != selected[0].Digest.String() {
-			return "", nil, fmt.Errorf("%w %q: the %s manifest has digest %s; give the destination a tag or that digest", ErrInvalidReference, dst.CommonName(), names[0], selected[0].Digest)
-		}
-		child := src.SetDigest(selected[0].Digest.String())
-		err = c.rc.ImageCopy(ctx, child, dst, regclient.ImageWithCallback(progress.callback))
-		if err != nil {
-			return "", nil, fmt.Errorf("copying %s (%s) to %s: %w", src.CommonName(), names[0], dst.CommonName(), err)
-		}
-		return selected[0].MediaType, names, nil
-	}
-
-	// The new index is built before anything is copied, so that a destination digest that
-	// cannot match fails without writing.
-	err = index.SetManifestList(selected)
-	if err != nil {
-		return "", nil, fmt.Errorf("building the index of %s for %s: %w", dst.CommonName(), strings.Join(names, ", "), err)
-	}
-	newDigest := srcManifest.GetDescriptor().Digest.String()
-	if dst.Digest != "" && dst.Digest != newDigest {
-		return "", nil, fmt.Errorf("%w %q: a new index for %s gets digest %s; give the destination a tag", ErrInvalidReference, dst.CommonName(), strings.Join(names, ", "), newDigest)
-	}
-
-	for i, d := range selected {
-		child := src.SetDigest(d.Digest.String())
-		err = c.rc.ImageCopy(ctx, child, dst.SetDigest(d.Digest.String()), regclient.ImageWithCallback(progress.callback))
-		if err != nil {
-			return "", nil, fmt.Errorf("copying %s (%s) to %s: %w", src.CommonName(), names[i], dst.CommonName(), err)
-		}
-	}
-
-	err = c.rc.ManifestPut(ctx, dst, srcManifest)
-	if err != nil {
-		return "", nil, fmt.Errorf("pushing the index of %s: %w", dst.CommonName(), err)
-	}
-	return srcManifest.GetDescriptor().MediaType, names, nil
-}
-
-// copySinglePlatform copies an image that has one manifest, after checking that its
-// platform is one of those requested.
-func (c *Client) copySinglePlatform(ctx context.Context, srcManifest manifest.Manifest, src, dst ref.Ref, platforms []platform.Platform, progress *copyProgress) (string, []string, error) {
-	config, err := c.rc.ImageConfig(ctx, src)
-	if err != nil {
-		return "", nil, fmt.Errorf("reading the image config of %s: %w", src.CommonName(), err)
-	}
-	own := config.GetConfig().Platform
-	if !slices.ContainsFunc(platforms, func(p platform.Platform) bool { return platform.Match(own, p) }) {
-		return "", nil, fmt.Errorf("%w: %s is a single-platform image for %s; drop --platform or request %s", ErrPlatformNotFound, src.CommonName(), own, own)
-	}
-
-	err = c.rc.ImageCopy(ctx, src, dst, regclient.ImageWithCallback(progress.callback))
-	if err != nil {
-		return "", nil, fmt.Errorf("copying %s to %s: %w", src.CommonName(), dst.CommonName(), err)
-	}
-	return srcManifest.GetDescriptor().MediaType, []string{own.String()}, nil
 }
 
 // CheckPlatforms validates platform strings such as "linux/arm/v7" without contacting a
@@ -286,34 +406,4 @@ func selectPlatforms(children []descriptor.Descriptor, requested []platform.Plat
 		}
 	}
 	return selected, names, nil
-}
-
-// copyProgress totals the blob callbacks of one or more ImageCopy calls, which may arrive
-// from several goroutines.
-type copyProgress struct {
-	mu      sync.Mutex
-	bytes   int64
-	copied  int
-	skipped int
-}
-
-func (p *copyProgress) callback(kind types.CallbackKind, _ string, state types.CallbackState, _, total int64) {
-	if kind != types.CallbackBlob {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch state {
-	case types.CallbackFinished:
-		p.bytes += total
-		p.copied++
-	case types.CallbackSkipped:
-		p.skipped++
-	}
-}
-
-func (p *copyProgress) totals() (bytes int64, copied, skipped int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.bytes, p.copied, p.skipped
 }
