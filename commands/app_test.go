@@ -121,3 +121,16 @@ func TestExitCode(t *testing.T) {
 		}
 	}
 }
+
+func TestWithDigest(t *testing.T) {
+	tests := []struct{ reference, digest, want string }{
+		{"r.test/a:1", "sha256:abc", "r.test/a:1@sha256:abc"},
+		{"r.test/a@sha256:abc", "sha256:abc", "r.test/a@sha256:abc"},
+		{"r.test/a:1", "", "r.test/a:1"},
+	}
+	for _, tt := range tests {
+		if got := withDigest(tt.reference, tt.digest); got != tt.want {
+			t.Errorf("withDigest(%q, %q) = %q, want %q", tt.reference, tt.digest, got, tt.want)
+		}
+	}
+}

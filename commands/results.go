@@ -116,8 +116,8 @@ func writeJSONLines(w io.Writer, results []*registry.CopyResult, routes *routeDe
 
 // writeCopyBlock writes one copy's result as labelled lines.
 func writeCopyBlock(b *strings.Builder, r *registry.CopyResult) {
-	fmt.Fprintf(b, "source:       %s@%s\n", r.Source, r.SourceDigest)
-	fmt.Fprintf(b, "destination:  %s@%s\n", r.Destination, r.DestinationDigest)
+	fmt.Fprintf(b, "source:       %s\n", withDigest(r.Source, r.SourceDigest))
+	fmt.Fprintf(b, "destination:  %s\n", withDigest(r.Destination, r.DestinationDigest))
 	if len(r.Platforms) > 0 {
 		fmt.Fprintf(b, "platforms:    %s\n", strings.Join(r.Platforms, ", "))
 	}
@@ -200,4 +200,13 @@ func writeRoutes(b *strings.Builder, results []*registry.CopyResult, routes *rou
 	for _, line := range lines {
 		fmt.Fprintf(b, "  %-*s  %s\n", width, line[0], line[1])
 	}
+}
+
+// withDigest returns reference@digest, or reference alone when it already ends with that
+// digest or the digest is unknown.
+func withDigest(reference, digest string) string {
+	if digest == "" || strings.HasSuffix(reference, "@"+digest) {
+		return reference
+	}
+	return reference + "@" + digest
 }
