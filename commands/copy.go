@@ -164,7 +164,7 @@ Examples:
 			routeFlags("route DEST's registry through this proxy URL, ahead of any rule, such as http://mesh-proxy:31080"),
 			credentialFlags("src", "source")...),
 			credentialFlags("dest", "destination")...),
-			copySettingFlags("copy only this platform of an index, as os/arch[/variant]; repeat for several, which get a new index")...,
+			copySettingFlags("copy only this platform of an index, as os/arch[/variant]; repeat or separate with commas for several, which get an index that lists only them")...,
 		),
 		Action: func(c *cli.Context) error {
 			if err := exactArgs(c, "SRC", "DEST"); err != nil {

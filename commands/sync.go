@@ -91,7 +91,7 @@ Examples:
 				Usage: fmt.Sprintf("number of copies that run at once, 1 to %d", maxParallel),
 				Value: defaultParallel,
 			},
-		}, copySettingFlags("copy only this platform of every copy that names no platforms of its own; repeat for several")...),
+		}, copySettingFlags("copy only this platform of every copy that names no platforms of its own; repeat or separate with commas for several")...),
 		Action: func(c *cli.Context) error {
 			if err := exactArgs(c); err != nil {
 				return err

@@ -368,7 +368,7 @@ func parsePlatforms(texts []string) ([]platform.Platform, error) {
 	var platforms []platform.Platform
 	for _, text := range texts {
 		p, err := platform.Parse(text)
-		if err != nil || strings.Count(text, "/") < 1 || p.OS == "" || p.Architecture == "" {
+		if err != nil || strings.Count(text, "/") < 1 || strings.Count(text, "/") > 2 || p.OS == "" || p.Architecture == "" {
 			return nil, fmt.Errorf("invalid platform %q: expected os/arch[/variant], such as linux/amd64 or linux/arm/v7", text)
 		}
 		platforms = append(platforms, p)
