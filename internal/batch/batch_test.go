@@ -259,3 +259,16 @@ func readTestdata(t *testing.T, name string) []byte {
 	}
 	return data
 }
+
+func TestK8sSyncExampleParses(t *testing.T) {
+	b, err := Load("../../k8s/sync/sync.yaml", FormatAuto)
+	if err != nil {
+		t.Fatalf("k8s/sync/sync.yaml: %v", err)
+	}
+	if b.Format != FormatImgxfer {
+		t.Errorf("k8s/sync/sync.yaml detected as %s, want %s", b.Format, FormatImgxfer)
+	}
+	if len(b.Entries) != 2 {
+		t.Errorf("k8s/sync/sync.yaml has %d entries, want 2", len(b.Entries))
+	}
+}
