@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"strings"
@@ -112,6 +113,7 @@ func TestExitCode(t *testing.T) {
 		{"proxy rejected", fmt.Errorf("x: %w", routing.ErrProxyRejected), ExitNetwork},
 		{"unauthorized", fmt.Errorf("x: %w", errs.ErrHTTPUnauthorized), ExitAuth},
 		{"not found", fmt.Errorf("x: %w", errs.ErrNotFound), ExitNotFound},
+		{"missing layout", fmt.Errorf("x: %w", fs.ErrNotExist), ExitNotFound},
 		{"network", fmt.Errorf("x: %w", &url.Error{Op: "Get", URL: "https://r.test", Err: &net.OpError{Op: "dial", Err: errors.New("refused")}}), ExitNetwork},
 		{"other", errors.New("something else"), ExitFailure},
 	}

@@ -3,6 +3,7 @@ package commands
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net"
 	"net/url"
 
@@ -19,7 +20,7 @@ const (
 	ExitUsage       = 2 // invalid command line, reference or rules file
 	ExitPartial     = 3 // some copies of a batch failed
 	ExitAuth        = 4 // a registry rejected the credentials or the request
-	ExitNotFound    = 5 // the source image, tag or platform does not exist
+	ExitNotFound    = 5 // the source image or tag, or an OCI layout directory, does not exist
 	ExitNetwork     = 6 // a registry or proxy could not be reached, or the proxy rejected the route
 	ExitInterrupted = 130
 )
@@ -28,9 +29,12 @@ const (
 func ExitCode(err error) int {
 	var urlErr *url.Error
 	var netErr net.Error
+	var coded interface{ ExitCode() int }
 	switch {
 	case err == nil:
 		return ExitOK
+	case errors.As(err, &coded):
+		return coded.ExitCode()
 	case errors.Is(err, context.Canceled):
 		return ExitInterrupted
 	case errors.Is(err, ErrUsage), errors.Is(err, routing.ErrInvalidRules):
@@ -39,7 +43,7 @@ func ExitCode(err error) int {
 		return ExitNetwork
 	case errors.Is(err, errs.ErrHTTPUnauthorized):
 		return ExitAuth
-	case errors.Is(err, errs.ErrNotFound):
+	case errors.Is(err, errs.ErrNotFound), errors.Is(err, fs.ErrNotExist):
 		return ExitNotFound
 	case errors.As(err, &urlErr), errors.As(err, &netErr):
 		return ExitNetwork

@@ -143,6 +143,12 @@ func splitHostPort(hostport string) (string, int, error) {
 		if err != nil || !addr.Is6() {
 			return "", 0, fmt.Errorf("%q is not an IPv6 address", name)
 		}
+		if addr.Zone() != "" {
+			return "", 0, fmt.Errorf("IPv6 address %q has a zone, which has no meaning to a registry or proxy; leave out the %%zone", name)
+		}
+		// One spelling per address, such as ::1 for 0:0:0:0:0:0:0:1, so that patterns
+		// match every spelling and the header carries the shortest.
+		name = addr.String()
 	case strings.Count(hostport, ":") > 1:
 		return "", 0, fmt.Errorf("write an IPv6 address in brackets, such as [::1]:5000")
 	case strings.Contains(hostport, ":"):
@@ -159,7 +165,7 @@ func splitHostPort(hostport string) (string, int, error) {
 	}
 	if portText != "" {
 		n, err := strconv.Atoi(portText)
-		if err != nil || n < 1 || n > 65535 {
+		if err != nil || n < 1 || n > 65535 || strings.Trim(portText, "0123456789") != "" {
 			return "", 0, fmt.Errorf("invalid port %q; use 1 to 65535", portText)
 		}
 		port = n

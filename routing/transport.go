@@ -37,9 +37,10 @@ var ErrProxyRejected = errors.New("proxy rejected the request")
 // not apply to it. TLS for proxies and for directly reached registries comes from the
 // rules instead.
 type Transport struct {
-	rules  *Rules
-	header string
-	log    logrus.FieldLogger
+	rules       *Rules
+	header      string
+	log         logrus.FieldLogger
+	idleTimeout time.Duration
 
 	direct       http.RoundTripper
 	directByHost map[string]http.RoundTripper // by canonical host, for registries with TLS settings
@@ -61,6 +62,23 @@ func WithLogger(log logrus.FieldLogger) Option {
 	}
 }
 
+// DefaultIdleTimeout is how long a connection may go without sending or receiving a
+// byte before the transport closes it, unless WithIdleTimeout sets another value. It is
+// shorter than the 900s read and send timeouts of imgxfer's nginx configuration, and long
+// enough for a registry that commits a large upload before it responds.
+const DefaultIdleTimeout = 10 * time.Minute
+
+// WithIdleTimeout sets how long a connection may go without sending or receiving a byte
+// before the transport closes it, so that a stalled registry or proxy fails the request
+// instead of holding it forever. Zero or less keeps DefaultIdleTimeout.
+func WithIdleTimeout(timeout time.Duration) Option {
+	return func(t *Transport) {
+		if timeout > 0 {
+			t.idleTimeout = timeout
+		}
+	}
+}
+
 // NewTransport builds the routing transport for validated rules. It reads the CA files
 // that the rules name and fails when one cannot be used.
 func NewTransport(rules *Rules, opts ...Option) (*Transport, error) {
@@ -68,13 +86,14 @@ func NewTransport(rules *Rules, opts ...Option) (*Transport, error) {
 		rules:        rules,
 		header:       http.CanonicalHeaderKey(rules.Header),
 		log:          logrus.StandardLogger(),
-		direct:       newHTTPTransport(nil),
+		idleTimeout:  DefaultIdleTimeout,
 		directByHost: map[string]http.RoundTripper{},
 		proxyRoutes:  map[string]int{},
 	}
 	for _, opt := range opts {
 		opt(t)
 	}
+	t.direct = t.newHTTPTransport(nil)
 
 	for i := range rules.Routes {
 		route := &rules.Routes[i]
@@ -82,9 +101,9 @@ func NewTransport(rules *Rules, opts ...Option) (*Transport, error) {
 		if err != nil {
 			return nil, rules.locate(&fieldError{path: fmt.Sprintf("$.routes[%d].tls.ca_file", i), message: err.Error()})
 		}
-		inner := newHTTPTransport(tlsConfig)
+		inner := t.newHTTPTransport(tlsConfig)
 		if route.Address != "" {
-			dialAddress(inner, route.proxyURL, route.Address)
+			t.dialAddress(inner, route.proxyURL, route.Address)
 		}
 		t.proxies = append(t.proxies, inner)
 
@@ -110,7 +129,7 @@ func NewTransport(rules *Rules, opts ...Option) (*Transport, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: registries[%d].host: %w", ErrInvalidRules, rules.Source, i, err)
 		}
-		t.directByHost[host] = newHTTPTransport(tlsConfig)
+		t.directByHost[host] = t.newHTTPTransport(tlsConfig)
 	}
 	return t, nil
 }
@@ -125,7 +144,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	dest, err := parseTarget(req.URL.Scheme, req.URL.Host)
 	if err != nil {
 		closeBody(req)
-		return nil, fmt.Errorf("routing %s %s: %w", req.Method, req.URL.Redacted(), err)
+		return nil, fmt.Errorf("routing %s %q: %w", req.Method, req.URL.Redacted(), err)
 	}
 
 	routeIndex := t.rules.matchIndex(dest)
@@ -180,8 +199,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // a network error.
 func (t *Transport) rejected(req *http.Request, resp *http.Response, route *Route, registryHost, reason string) *http.Response {
 	_ = resp.Body.Close()
-	err := fmt.Errorf("%w: proxy %s returned %s for %s (%s); add %s to the proxy's allowlist or route it to a proxy that has it",
-		ErrProxyRejected, route.proxyURL.Host, resp.Status, registryHost, reason, registryHost)
+	fix := fmt.Sprintf("add %s to the proxy's allowlist or route it to a proxy that has it", registryHost)
+	if resp.StatusCode == http.StatusBadRequest {
+		// The proxy found no routing header under the name it reads, although this
+		// transport sent one: the two sides disagree on the header name.
+		fix = fmt.Sprintf("the proxy did not find the %q header that imgxfer sent, so set header: in the rules to the name the proxy reads, or regenerate the proxy's configuration from the same rules", t.header)
+	}
+	err := fmt.Errorf("%w: proxy %s returned %s for %s (%s); %s",
+		ErrProxyRejected, route.proxyURL.Host, resp.Status, registryHost, reason, fix)
 	t.log.WithFields(logrus.Fields{
 		"host":   registryHost,
 		"proxy":  route.proxyURL.Host,
@@ -253,32 +278,50 @@ func (t *Transport) CloseIdleConnections() {
 }
 
 // newHTTPTransport clones http.DefaultTransport, which keeps its timeouts, HTTP/2 and
-// HTTP(S)_PROXY handling, and applies tlsConfig when it is not nil.
-func newHTTPTransport(tlsConfig *tls.Config) *http.Transport {
+// HTTP(S)_PROXY handling, applies tlsConfig when it is not nil, and closes connections
+// that stay idle for the transport's idle timeout.
+func (t *Transport) newHTTPTransport(tlsConfig *tls.Config) *http.Transport {
 	inner := http.DefaultTransport.(*http.Transport).Clone()
 	if tlsConfig != nil {
 		inner.TLSClientConfig = tlsConfig
 	}
+	inner.DialContext = t.dialIdle(nil)
 	return inner
+}
+
+// dialIdle returns a DialContext function that dials with http.DefaultTransport's dialer
+// settings, after rewrite changes the address when it is not nil, and wraps every
+// connection in the transport's idle timeout.
+func (t *Transport) dialIdle(rewrite func(addr string) string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if rewrite != nil {
+			addr = rewrite(addr)
+		}
+		conn, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newIdleTimeoutConn(conn, t.idleTimeout), nil
+	}
 }
 
 // dialAddress makes inner connect to address whenever it would dial the proxy URL's host,
 // and turns off environment proxies for it, because the address is where to connect.
-func dialAddress(inner *http.Transport, proxyURL *url.URL, address string) {
+func (t *Transport) dialAddress(inner *http.Transport, proxyURL *url.URL, address string) {
 	port := proxyURL.Port()
 	if port == "" {
 		port = strconv.Itoa(defaultPortFor(proxyURL.Scheme))
 	}
 	target := net.JoinHostPort(proxyURL.Hostname(), port)
-	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 
 	inner.Proxy = nil
-	inner.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+	inner.DialContext = t.dialIdle(func(addr string) string {
 		if strings.EqualFold(addr, target) {
-			addr = address
+			return address
 		}
-		return dialer.DialContext(ctx, network, addr)
-	}
+		return addr
+	})
 }
 
 // tlsConfigFor returns nil when the defaults apply, else a config trusting caFile in

@@ -193,6 +193,7 @@ func TestTransportHeaderValue(t *testing.T) {
 		{"https://b.a.prod.example.com:8443/token", "b.a.prod.example.com:8443"},
 		{"https://prod.example.com/v2/", ""},
 		{"https://[::1]:5000/v2/", "[::1]:5000"},
+		{"https://[0:0:0:0:0:0:0:1]:5000/v2/", "[::1]:5000"},
 		{"https://registry-1.docker.io/v2/", "registry-1.docker.io"},
 		{"https://r.port.test:5000/v2/", "r.port.test:5000"},
 		{"https://r.port.test/v2/", ""},
@@ -527,5 +528,34 @@ func TestTransportProxyAddress(t *testing.T) {
 	}
 	if len(got[0].mesh) != 1 || got[0].mesh[0] != "registry.prod.test" {
 		t.Errorf("mesh header = %q", got[0].mesh)
+	}
+}
+
+func TestTransportRejectionForHeaderMismatch(t *testing.T) {
+	proxy := newRecorder(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(ProxyErrorHeader, "missing mesh header")
+		http.Error(w, "missing mesh header", http.StatusBadRequest)
+	})
+	rules := rulesFor(t, "header: x-route-to\nroutes:\n  - hosts: [registry.prod.test]\n    proxy: "+proxy.URL+"\n")
+	transport := newTestTransport(t, rules)
+
+	var rejection error
+	ctx := WithRejectionHandler(context.Background(), func(err error) { rejection = err })
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://registry.prod.test/v2/", nil)
+	resp, err := transport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if rejection == nil {
+		t.Fatal("the 400 with Mesh-Proxy-Error was not reported as a rejection")
+	}
+	for _, want := range []string{`"X-Route-To" header`, "header: in the rules"} {
+		if !strings.Contains(rejection.Error(), want) {
+			t.Errorf("rejection %q lacks %q", rejection, want)
+		}
+	}
+	if strings.Contains(rejection.Error(), "allowlist") {
+		t.Errorf("rejection %q blames the allowlist for a header mismatch", rejection)
 	}
 }

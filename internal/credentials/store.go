@@ -6,6 +6,9 @@ package credentials
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
+	"sort"
 
 	"github.com/docker/cli/cli/config"
 	"github.com/docker/cli/cli/config/configfile"
@@ -54,11 +57,21 @@ func Erase(registry string) (bool, string, error) {
 }
 
 func load() (*configfile.ConfigFile, error) {
-	file, err := config.Load(config.Dir())
+	dir := configDir()
+	file, err := config.Load(dir)
 	if err != nil {
-		return nil, fmt.Errorf("reading docker configuration in %s: %w", config.Dir(), err)
+		return nil, fmt.Errorf("reading docker configuration in %s: %w", dir, err)
 	}
 	return file, nil
+}
+
+// configDir returns $DOCKER_CONFIG, else docker's default folder. It reads the variable on
+// every call, where docker's config.Dir reads it once per process.
+func configDir() string {
+	if dir := os.Getenv(config.EnvOverrideConfigDir); dir != "" {
+		return dir
+	}
+	return config.Dir()
 }
 
 // serverKey returns the key docker uses for registry in config.json and helpers.
@@ -93,4 +106,29 @@ func Username(registry string) string {
 		return ""
 	}
 	return auth.Username
+}
+
+// Check reads docker's configuration as Store does. It returns an error when the file
+// cannot be read or parsed, because regclient would then ignore every credential in it
+// without saying so, and the names of the credential helpers it names that are not on
+// PATH.
+func Check() (missingHelpers []string, err error) {
+	file, err := load()
+	if err != nil {
+		return nil, fmt.Errorf("%w; fix the file, or set DOCKER_CONFIG to a folder with a valid config.json", err)
+	}
+	helpers := map[string]bool{}
+	if file.CredentialsStore != "" {
+		helpers[file.CredentialsStore] = true
+	}
+	for _, helper := range file.CredentialHelpers {
+		helpers[helper] = true
+	}
+	for helper := range helpers {
+		if _, err := exec.LookPath("docker-credential-" + helper); err != nil {
+			missingHelpers = append(missingHelpers, "docker-credential-"+helper)
+		}
+	}
+	sort.Strings(missingHelpers)
+	return missingHelpers, nil
 }

@@ -4,14 +4,22 @@
 package registry
 
 import (
+	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
+	"net/url"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/regclient/regclient"
 	"github.com/regclient/regclient/config"
 	"github.com/regclient/regclient/scheme/reg"
+	"github.com/regclient/regclient/types/errs"
 	"github.com/sirupsen/logrus"
 
+	"github.com/imgxfer/imgxfer/internal/credentials"
 	"github.com/imgxfer/imgxfer/internal/logging"
 	"github.com/imgxfer/imgxfer/routing"
 )
@@ -30,6 +38,11 @@ type Options struct {
 	// Credentials for registry hosts, as written in references ("docker.io" for Docker
 	// Hub). They take precedence over docker's config.json for those hosts.
 	Credentials map[string]Credential
+
+	// IdleTimeout is how long a connection may send and receive nothing before it is
+	// closed and the request fails. Zero means $IMGXFER_IDLE_TIMEOUT when that is set,
+	// else routing.DefaultIdleTimeout.
+	IdleTimeout time.Duration
 }
 
 // Credential is a username and password for one registry.
@@ -59,9 +72,25 @@ func New(opts Options) (*Client, error) {
 		log = logrus.StandardLogger()
 	}
 
-	transport, err := routing.NewTransport(rules, routing.WithLogger(log))
+	missingHelpers, err := credentials.Check()
 	if err != nil {
 		return nil, err
+	}
+	for _, helper := range missingHelpers {
+		log.WithField("helper", helper).Warn("docker's config.json names a credential helper that is not on PATH; registries that use it get no credentials")
+	}
+
+	idleTimeout, err := idleTimeoutSetting(opts.IdleTimeout)
+	if err != nil {
+		return nil, err
+	}
+	transport, err := routing.NewTransport(rules, routing.WithLogger(log), routing.WithIdleTimeout(idleTimeout))
+	if err != nil {
+		return nil, err
+	}
+	httpClient := &http.Client{
+		Transport:     newRetryTransport(transport, log),
+		CheckRedirect: redirectPolicy{rules: rules}.check,
 	}
 
 	// regclient applies its own per-host TLS settings only to an *http.Transport, so with
@@ -98,8 +127,8 @@ func New(opts Options) (*Client, error) {
 	rcOpts := []regclient.Opt{
 		regclient.WithDockerCreds(),
 		regclient.WithConfigHost(configHosts...),
-		regclient.WithRegOpts(reg.WithHTTPClient(&http.Client{Transport: transport, CheckRedirect: keepCredentialsOnHost})),
-		regclient.WithSlog(logging.NewSlog(log)),
+		regclient.WithRegOpts(reg.WithHTTPClient(httpClient), reg.WithDelay(retryDelayInitial, retryDelayMax)),
+		regclient.WithSlog(slog.New(newRetryLogHandler(logging.NewSlog(log).Handler(), log))),
 	}
 	if opts.UserAgent != "" {
 		rcOpts = append(rcOpts, regclient.WithUserAgent(opts.UserAgent))
@@ -116,6 +145,95 @@ func New(opts Options) (*Client, error) {
 // Close releases idle connections.
 func (c *Client) Close() {
 	c.transport.CloseIdleConnections()
+}
+
+// regclient's backoff between retries to one host starts at twice retryDelayInitial and
+// doubles per failure, with at most retryDelayMax added per waiting request. regclient
+// v0.11.7 defaults to a 30s maximum. Every request waiting for the same host adds its
+// delay to the host's next release time, so with that maximum a few parallel blob copies
+// to a failing registry waited more than a minute per retry in the fault tests.
+const (
+	retryDelayInitial = 100 * time.Millisecond
+	retryDelayMax     = 2 * time.Second
+)
+
+// idleTimeoutSetting returns configured, else the duration in $IMGXFER_IDLE_TIMEOUT, else
+// zero, which routing reads as its default.
+func idleTimeoutSetting(configured time.Duration) (time.Duration, error) {
+	if configured > 0 {
+		return configured, nil
+	}
+	text := strings.TrimSpace(os.Getenv(routing.EnvIdleTimeout))
+	if text == "" {
+		return 0, nil
+	}
+	timeout, err := time.ParseDuration(text)
+	if err != nil || timeout <= 0 {
+		return 0, fmt.Errorf("invalid %s %q: use a positive duration such as 90s or 15m", routing.EnvIdleTimeout, text)
+	}
+	return timeout, nil
+}
+
+// ErrUnroutedRedirect marks a redirect from a routed registry to a host that no route
+// covers.
+var ErrUnroutedRedirect = errors.New("redirect leaves the proxy")
+
+// redirectPolicy is the http.Client's CheckRedirect. regclient calls it after its own
+// checks (at most 10 redirects, no https to http, no redirect from a remote host to a
+// local one) and after it has added the credentials that the target host asked for.
+type redirectPolicy struct {
+	rules *routing.Rules
+}
+
+// check rejects redirect loops and redirects that would take a routed registry's
+// request out of the proxy, and keeps credentials on their host. Its errors wrap
+// regclient's ErrNotRetryable, because the same request gets the same redirect again.
+func (p redirectPolicy) check(req *http.Request, via []*http.Request) error {
+	_ = keepCredentialsOnHost(req, via)
+
+	for _, previous := range via {
+		if previous.URL.String() == req.URL.String() {
+			return fmt.Errorf("redirect loop: %s %s led back to itself after %d redirects; the registry or its blob storage is misconfigured%.0w",
+				via[0].Method, via[0].URL.Redacted(), len(via), errs.ErrNotRetryable)
+		}
+	}
+
+	target := req.URL.Host
+	if p.rules.Match(req.URL.Scheme, target) != nil || p.listedDirect(target) {
+		return nil
+	}
+	for _, previous := range via {
+		if p.rules.Match(previous.URL.Scheme, previous.URL.Host) == nil {
+			continue
+		}
+		from := previous.URL.Host
+		return fmt.Errorf("%w: %s redirected %s %s to %s, which no route covers, so the request would bypass the proxy; add %s to the hosts of the route for %s, or list it under registries to allow reaching it directly%.0w",
+			ErrUnroutedRedirect, from, via[0].Method, via[0].URL.Path, target, req.URL.Hostname(), from, errs.ErrNotRetryable)
+	}
+	return nil
+}
+
+// listedDirect reports whether the rules list host under registries, which allows
+// reaching it directly. An entry without a port allows every port.
+func (p redirectPolicy) listedDirect(host string) bool {
+	for _, entry := range p.rules.Registries {
+		if routing.SameHost(entry.Host, host) {
+			return true
+		}
+		if !strings.Contains(entry.Host, ":") && routing.SameHost(entry.Host, hostnameOf(host)) {
+			return true
+		}
+	}
+	return false
+}
+
+// hostnameOf returns host without its port. IPv6 literals keep their brackets.
+func hostnameOf(host string) string {
+	u := url.URL{Host: host}
+	if u.Port() == "" {
+		return host
+	}
+	return strings.TrimSuffix(host, ":"+u.Port())
 }
 
 // keepCredentialsOnHost removes the Authorization header from a redirect to another host.

@@ -117,6 +117,9 @@ func ParseReference(text string) (ref.Ref, error) {
 	if err != nil {
 		return ref.Ref{}, fmt.Errorf("%w %q: expected [registry/]repository[:tag][@digest], such as registry.example.com/team/app:1.4", ErrInvalidReference, text)
 	}
+	if host, _, _ := strings.Cut(r.Registry, ":"); strings.HasSuffix(host, ".") {
+		return ref.Ref{}, fmt.Errorf("%w %q: the registry host ends with a dot; write %s", ErrInvalidReference, text, strings.Replace(text, host, strings.TrimSuffix(host, "."), 1))
+	}
 	return r, nil
 }
 

@@ -107,3 +107,13 @@ func TestRedirectDropsCredentialsForOtherHosts(t *testing.T) {
 		}
 	}
 }
+
+func TestParseReferenceTrailingDot(t *testing.T) {
+	_, err := ParseReference("registry.prod.test./team/app:1")
+	if !errors.Is(err, ErrInvalidReference) {
+		t.Fatalf("error %v, want ErrInvalidReference", err)
+	}
+	if !strings.Contains(err.Error(), "write registry.prod.test/team/app:1") {
+		t.Errorf("error %q should give the reference without the dot", err)
+	}
+}

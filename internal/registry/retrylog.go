@@ -7,17 +7,17 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// regclient logs its retries at debug level. These are the messages of regclient v0.11.7
-// that mean a request is about to be sent again.
-// NOTE: they are regclient's internal wording; a regclient upgrade can change them, and
-// then retries are logged at debug level only.
-const (
-	regclientBackoffMessage   = "Sleeping for backoff"
-	regclientShortReadMessage = "EOF before reading all content, retrying"
-)
+// regclientShortReadMessage is regclient v0.11.7's debug message when a blob download
+// ends early and it resumes the download with a range request. The retry transport logs
+// failed requests itself, but a short read happens inside a successful response, so only
+// regclient sees it. regclient's "Sleeping for backoff" is not used: it fires for every
+// request that waits on a host, retried or not.
+// NOTE: this is regclient's internal wording; a regclient upgrade can change it, and then
+// resumed downloads are logged at debug level only.
+const regclientShortReadMessage = "EOF before reading all content, retrying"
 
-// retryLogHandler passes regclient's log records to next, and also logs regclient's
-// retries at info level, so that logs in CI show every retry without debug output.
+// retryLogHandler passes regclient's log records to next, and also logs resumed blob
+// downloads at info level, so that logs in CI show them without debug output.
 type retryLogHandler struct {
 	next slog.Handler
 	log  *logrus.Logger
@@ -32,7 +32,7 @@ func (h *retryLogHandler) Enabled(ctx context.Context, level slog.Level) bool {
 }
 
 func (h *retryLogHandler) Handle(ctx context.Context, record slog.Record) error {
-	if record.Message == regclientBackoffMessage || record.Message == regclientShortReadMessage {
+	if record.Message == regclientShortReadMessage {
 		fields := logrus.Fields{}
 		record.Attrs(func(attr slog.Attr) bool {
 			switch attr.Key {
@@ -41,7 +41,7 @@ func (h *retryLogHandler) Handle(ctx context.Context, record slog.Record) error 
 			}
 			return true
 		})
-		h.log.WithFields(fields).Info("retrying request")
+		h.log.WithFields(fields).Info("resuming a blob download that ended early")
 	}
 	if !h.next.Enabled(ctx, record.Level) {
 		return nil
