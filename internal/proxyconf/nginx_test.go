@@ -26,23 +26,9 @@ func startNginx(t *testing.T, rules *routing.Rules) (*testenv.Nginx, *testenv.CA
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	certPEM, keyPEM, err := ca.Issue("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	opts := testenv.NginxOptions{Dir: filepath.Join(dir, "nginx"), Rules: rules}
-	for _, file := range []struct {
-		target *string
-		name   string
-		data   []byte
-	}{
-		{&opts.TLSCertFile, "proxy.crt", certPEM},
-		{&opts.TLSKeyFile, "proxy.key", keyPEM},
-		{&opts.UpstreamCAFile, "ca.crt", ca.CertPEM()},
-	} {
-		if *file.target, err = testenv.WriteFile(dir, file.name, file.data); err != nil {
-			t.Fatal(err)
-		}
+	if err := ca.WriteListenerFiles(dir, &opts, "127.0.0.1"); err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

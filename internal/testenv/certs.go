@@ -163,3 +163,30 @@ func randomSerial() (*big.Int, error) {
 	}
 	return serial, nil
 }
+
+// WriteListenerFiles issues a certificate for hosts from ca and writes it, its key and the
+// CA certificate into dir, as the TLS files that NginxOptions needs. It sets
+// opts.TLSCertFile, opts.TLSKeyFile and opts.UpstreamCAFile.
+func (ca *CA) WriteListenerFiles(dir string, opts *NginxOptions, hosts ...string) error {
+	certPEM, keyPEM, err := ca.Issue(hosts...)
+	if err != nil {
+		return err
+	}
+	files := []struct {
+		target *string
+		name   string
+		data   []byte
+	}{
+		{&opts.TLSCertFile, "proxy.pem", certPEM},
+		{&opts.TLSKeyFile, "proxy-key.pem", keyPEM},
+		{&opts.UpstreamCAFile, "ca.pem", ca.CertPEM()},
+	}
+	for _, file := range files {
+		path, err := WriteFile(dir, file.name, file.data)
+		if err != nil {
+			return err
+		}
+		*file.target = path
+	}
+	return nil
+}

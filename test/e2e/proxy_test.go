@@ -223,23 +223,9 @@ func startSinkNginx(t *testing.T, upstream string) *testenv.Nginx {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM, keyPEM, err := ca.Issue("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	opts := testenv.NginxOptions{Dir: filepath.Join(dir, "nginx"), Upstreams: map[string]string{prodHost: upstream}}
-	for _, file := range []struct {
-		target *string
-		name   string
-		data   []byte
-	}{
-		{&opts.TLSCertFile, "proxy.pem", certPEM},
-		{&opts.TLSKeyFile, "proxy-key.pem", keyPEM},
-		{&opts.UpstreamCAFile, "ca.pem", ca.CertPEM()},
-	} {
-		if *file.target, err = testenv.WriteFile(dir, file.name, file.data); err != nil {
-			t.Fatal(err)
-		}
+	if err := ca.WriteListenerFiles(dir, &opts, "127.0.0.1"); err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
