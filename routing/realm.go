@@ -21,9 +21,10 @@ type realmKey struct {
 	service string
 }
 
-// learnRealms records the bearer realms that a registry's 401 response announces: every
-// realm host, so that a token service's rejection can be reported as the registry's, and
-// realms on a proxy, so that the token requests for them carry the registry's header.
+// learnRealms records the bearer realms that a registry's 401 response announces. Every
+// realm host is recorded, so that a token service's rejection is reported as the
+// registry's. Realms on a proxy are recorded too, so that their token requests carry the
+// registry's header.
 func (t *Transport) learnRealms(resp *http.Response, registryHost string) {
 	for _, value := range resp.Header.Values("Www-Authenticate") {
 		scheme, params := parseChallenge(value)
@@ -49,7 +50,7 @@ func (t *Transport) learnRealms(resp *http.Response, registryHost string) {
 		previous, loaded := t.realms.Swap(key, registryHost)
 		if loaded && previous != registryHost {
 			// NOTE: two registries behind one proxy that announce the same rewritten
-			// realm and service cannot be told apart, so the latest challenge wins.
+			// realm and service cannot be distinguished, so the latest challenge wins.
 			t.log.WithFields(logrus.Fields{"realm": key.url, "service": key.service, "previous": previous, "host": registryHost}).
 				Warn("two registries share a realm on the proxy; token requests go to the latest")
 		}
@@ -115,7 +116,7 @@ func parseChallenge(value string) (string, map[string]string) {
 	return scheme, params
 }
 
-// AuthFailure describes a 401 answer to a request that carried credentials or a token, or
+// AuthFailure describes a 401 response to a request that carried credentials or a token, or
 // to a token request: the credentials were wrong or missing, or the token did not grant
 // the action.
 type AuthFailure struct {

@@ -146,7 +146,7 @@ func run(ctx context.Context) error {
 	}
 
 	step("A request naming a host outside the allowlist")
-	if err := showRefusal(ctx, proxy); err != nil {
+	if err := showRejection(ctx, proxy); err != nil {
 		return err
 	}
 
@@ -301,7 +301,7 @@ func showAccessLog(proxy *testenv.Nginx) error {
 	return nil
 }
 
-func showRefusal(ctx context.Context, proxy *testenv.Nginx) error {
+func showRejection(ctx context.Context, proxy *testenv.Nginx) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+proxy.HTTPAddr+"/v2/", nil)
 	if err != nil {
 		return err

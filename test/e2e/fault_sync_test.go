@@ -45,24 +45,7 @@ func TestSyncSurvivesProxyRestart(t *testing.T) {
 		}
 	})
 
-	deadline := time.Now().Add(30 * time.Second)
-	for uploadsUnderWay(f.front, repos) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the copies did not start uploading within 30s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	old := f.proxy
-	if err := syscall.Kill(old.PID, syscall.SIGTERM); err != nil {
-		t.Fatalf("stopping nginx: %v", err)
-	}
-	if err := old.Stop(); err != nil {
-		t.Fatalf("stopping nginx: %v", err)
-	}
-	f.proxy = f.startProxy(t, "fault-nginx-restarted-sync")
-	if err := f.front.SetTarget("http://" + f.proxy.HTTPAddr); err != nil {
-		t.Fatal(err)
-	}
+	f.restartProxyDuringUploads(t, repos, "fault-nginx-restarted-sync")
 
 	select {
 	case <-done:
@@ -122,4 +105,30 @@ type copyResultLine struct {
 	Status      string `json:"status"`
 	Destination string `json:"destination"`
 	Error       string `json:"error"`
+}
+
+// restartProxyDuringUploads waits until blob uploads for at least two of repos pass the
+// front hop, then stops nginx with SIGTERM, as a rollout would, and starts a new nginx
+// in its place behind the hop.
+func (f *faultEnv) restartProxyDuringUploads(t *testing.T, repos []string, name string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for uploadsUnderWay(f.front, repos) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the copies did not start uploading within 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	old := f.proxy
+	if err := syscall.Kill(old.PID, syscall.SIGTERM); err != nil {
+		t.Fatalf("stopping nginx: %v", err)
+	}
+	if err := old.Stop(); err != nil {
+		t.Fatalf("stopping nginx: %v", err)
+	}
+	f.proxy = f.startProxy(t, name)
+	if err := f.front.SetTarget("http://" + f.proxy.HTTPAddr); err != nil {
+		t.Fatal(err)
+	}
 }

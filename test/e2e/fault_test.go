@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -298,25 +297,7 @@ func TestCopiesSurviveProxyRestart(t *testing.T) {
 	for _, repo := range repos {
 		running[repo] = f.start(t, "copy", "--rules", f.rules, f.source.Addr+"/"+repo+":1", prodHost+"/"+repo+":1")
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for uploadsUnderWay(f.front, repos) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the copies did not start uploading within 30s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-
-	old := f.proxy
-	if err := syscall.Kill(old.PID, syscall.SIGTERM); err != nil {
-		t.Fatalf("stopping nginx: %v", err)
-	}
-	if err := old.Stop(); err != nil {
-		t.Fatalf("stopping nginx: %v", err)
-	}
-	f.proxy = f.startProxy(t, "fault-nginx-restarted")
-	if err := f.front.SetTarget("http://" + f.proxy.HTTPAddr); err != nil {
-		t.Fatal(err)
-	}
+	f.restartProxyDuringUploads(t, repos, "fault-nginx-restarted")
 
 	succeeded, retried := 0, 0
 	for _, repo := range repos {
