@@ -12,7 +12,7 @@ LDFLAGS := -s -w \
 	-X $(PKG)/internal/version.Commit=$(COMMIT) \
 	-X $(PKG)/internal/version.Date=$(DATE)
 
-.PHONY: all build install-plugin deps test lint unit e2e demo release-check completion clean
+.PHONY: all build install-plugin deps test lint unit e2e demo bench release-check completion clean
 
 all: build
 
@@ -65,6 +65,13 @@ e2e: deps
 ## demo: copy a real two-platform image through nginx on loopback, then clean up
 demo: deps
 	$(GO) run ./test/demo
+
+## bench: time imgxfer against a raw HTTP copy, crane and regctl on loopback and print
+## markdown tables; BENCH_N sets the rounds. crane and regctl are installed with go install
+## into a temporary directory, which needs the Go module proxy.
+BENCH_N ?= 5
+bench: deps
+	$(GO) run ./bench -n $(BENCH_N)
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,56 @@
+// Command bench measures imgxfer against a raw HTTP copy, crane and regctl on loopback.
+//
+// It starts two distribution registries with filesystem storage (under /dev/shm when it
+// exists) and nginx with the mesh proxy configuration that imgxfer generates, all on
+// 127.0.0.1. It seeds the source, runs every tool -n times per workload and prints one
+// markdown table per workload to stdout. Progress and errors go to stderr. Before it exits,
+// it stops every server it started and removes its directories.
+//
+//	go run ./bench -n 5
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"syscall"
+)
+
+func main() {
+	rounds := flag.Int("n", 5, "number of paired rounds; each tool runs once per round and workload")
+	withSync := flag.Bool("sync", true, "also run the `imgxfer sync` workload of 20 images at --parallel 1, 2 and 4")
+	toolsDir := flag.String("tools-dir", "", "directory that already contains crane and regctl; empty installs them into a temporary directory with go install")
+	flag.Parse()
+	if *rounds < 1 || *rounds > 100 {
+		fmt.Fprintf(os.Stderr, "bench: invalid -n %d: expected 1 to 100\n", *rounds)
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	_, file, _, _ := runtime.Caller(0)
+	repoDir := filepath.Join(filepath.Dir(file), "..")
+
+	b, err := setup(ctx, repoDir, *toolsDir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		if b != nil {
+			b.close()
+		}
+		os.Exit(1)
+	}
+	rep, err := b.run(ctx, *rounds, *withSync)
+	// The servers are stopped before anything goes to stdout, because a write to a closed
+	// pipe, as with `| head`, ends the process at once with SIGPIPE.
+	b.close()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+	rep.write(os.Stdout)
+}

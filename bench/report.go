@@ -1,0 +1,136 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// table is the result of one workload. The first tool is the baseline of the ratios.
+type table struct {
+	title        string
+	tools        []tool
+	samples      map[string][]sample
+	withRequests bool
+}
+
+// report collects the tables and writes them as markdown.
+type report struct {
+	rounds  int
+	storage string
+	skipped []string
+	tables  []table
+	rss     []string // rows of the peak RSS table
+	startup map[string][]float64
+}
+
+func (r *report) addStartup(seconds map[string][]float64) {
+	r.startup = seconds
+}
+
+func (r *report) add(t table) {
+	r.tables = append(r.tables, t)
+}
+
+// addRSS records the median peak RSS of every external tool's runs.
+func (r *report) addRSS(tools []tool, samples map[string][]sample) {
+	for _, t := range tools {
+		if !t.external {
+			continue
+		}
+		var values []float64
+		for _, s := range samples[t.name] {
+			values = append(values, float64(s.maxRSSKiB)/1024)
+		}
+		r.rss = append(r.rss, fmt.Sprintf("| %s | %.1f | %.1f |", t.name, median(values), slices.Max(values)))
+	}
+}
+
+func median(values []float64) float64 {
+	if len(values) == 0 {
+		return 0
+	}
+	sorted := slices.Clone(values)
+	slices.Sort(sorted)
+	middle := len(sorted) / 2
+	if len(sorted)%2 == 1 {
+		return sorted[middle]
+	}
+	return (sorted[middle-1] + sorted[middle]) / 2
+}
+
+func (r *report) write(w io.Writer) {
+	fmt.Fprintf(w, "Machine: %d CPUs, %s memory, %s %s/%s, registry storage in %s. %s.\n\n",
+		runtime.NumCPU(), memTotal(), runtime.Version(), runtime.GOOS, runtime.GOARCH, r.storage, time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprintf(w, "Each figure is the median of %d rounds. A ratio is the median of the per-round ratios to the first row's time in the same round.\n", r.rounds)
+	for _, reason := range r.skipped {
+		fmt.Fprintf(w, "\nSkipped: %s\n", strings.SplitN(reason, "\n", 2)[0])
+	}
+
+	for _, t := range r.tables {
+		baseline := t.samples[t.tools[0].name]
+		fmt.Fprintf(w, "\n### %s\n\n", t.title)
+		if t.withRequests {
+			fmt.Fprintln(w, "| tool | median s | ratio to raw | destination requests |")
+			fmt.Fprintln(w, "|---|---:|---:|---:|")
+		} else {
+			fmt.Fprintf(w, "| tool | median s | ratio to %s |\n", t.tools[0].name)
+			fmt.Fprintln(w, "|---|---:|---:|")
+		}
+		for _, tl := range t.tools {
+			runs := t.samples[tl.name]
+			var seconds, ratios, requests []float64
+			for i, s := range runs {
+				seconds = append(seconds, s.seconds)
+				ratios = append(ratios, s.seconds/baseline[i].seconds)
+				requests = append(requests, float64(s.requests))
+			}
+			if t.withRequests {
+				fmt.Fprintf(w, "| %s | %.4f | %.2f | %.0f |\n", tl.name, median(seconds), median(ratios), median(requests))
+			} else {
+				fmt.Fprintf(w, "| %s | %.4f | %.2f |\n", tl.name, median(seconds), median(ratios))
+			}
+		}
+	}
+
+	if len(r.startup) > 0 {
+		fmt.Fprintln(w, "\n### Process start: `TOOL version`, which contacts no registry")
+		fmt.Fprintln(w, "\n| tool | median s |")
+		fmt.Fprintln(w, "|---|---:|")
+		for _, name := range []string{"imgxfer", "crane", "regctl"} {
+			if values := r.startup[name]; len(values) > 0 {
+				fmt.Fprintf(w, "| %s | %.4f |\n", name, median(values))
+			}
+		}
+	}
+
+	if len(r.rss) > 0 {
+		fmt.Fprintln(w, "\n### Peak RSS on the 96 MiB fresh copy (GNU time %M; 0 when /usr/bin/time is missing)")
+		fmt.Fprintln(w, "\n| tool | median MiB | max MiB |")
+		fmt.Fprintln(w, "|---|---:|---:|")
+		for _, row := range r.rss {
+			fmt.Fprintln(w, row)
+		}
+	}
+}
+
+// memTotal returns MemTotal from /proc/meminfo, or "unknown".
+func memTotal() string {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			var kib int64
+			if _, err := fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kib); err == nil {
+				return fmt.Sprintf("%.1f GiB", float64(kib)/(1<<20))
+			}
+		}
+	}
+	return "unknown"
+}
