@@ -10,6 +10,8 @@ import (
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
 	"github.com/goccy/go-yaml/parser"
+
+	"github.com/imgxfer/imgxfer/internal/yamlpos"
 )
 
 // fieldError is a validation failure of one field, located by its YAML path such as
@@ -28,37 +30,16 @@ func (e *fieldError) field() string {
 	return strings.TrimPrefix(strings.TrimPrefix(e.path, "$"), ".")
 }
 
-// position returns the line and column of the node at a YAML path, falling back to the
-// closest parent that exists, and to 1:1 when the document has none of them.
+var indexSegment = regexp.MustCompile(`\[\d+\]`)
+
+// position returns the line and column of the field at a YAML path in data.
 func position(data []byte, path string) (line, column int) {
-	file, err := parser.ParseBytes(data, 0)
-	if err != nil {
-		return 1, 1
-	}
-	for p := path; p != ""; p = parentPath(p) {
-		yamlPath, err := yaml.PathString(p)
-		if err != nil {
-			continue
-		}
-		node, err := yamlPath.FilterFile(file)
-		if err != nil || node == nil || node.GetToken() == nil {
-			continue
-		}
-		return node.GetToken().Position.Line, node.GetToken().Position.Column
-	}
-	return 1, 1
+	return yamlpos.Position(data, path)
 }
 
-var (
-	lastSegment  = regexp.MustCompile(`(\.[^.\[\]]+|\[\d+\])$`)
-	indexSegment = regexp.MustCompile(`\[\d+\]`)
-)
-
+// parentPath returns the YAML path one step above path.
 func parentPath(path string) string {
-	if path == "$" {
-		return ""
-	}
-	return lastSegment.ReplaceAllString(path, "")
+	return yamlpos.Parent(path)
 }
 
 // decodeError turns a go-yaml decoding error into one line with the file, line, column

@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strings"
 
 	"github.com/goccy/go-yaml"
-	"github.com/goccy/go-yaml/parser"
+
+	"github.com/imgxfer/imgxfer/internal/yamlpos"
 )
 
 // maxFileSize bounds a batch or auth file read from stdin.
@@ -58,25 +58,8 @@ func (l locator) origin(path string) string {
 	return fmt.Sprintf("%s:%d", l.name, line)
 }
 
-var lastPathSegment = regexp.MustCompile(`(\.[^.\[\]]+|\.'[^']*'|\[\d+\])$`)
-
-// position returns the line and column of the node at a YAML path, or of its closest
-// parent that exists, or 1:1.
+// position returns the line and column of the field at path, or of its closest parent
+// that exists.
 func (l locator) position(path string) (line, column int) {
-	file, err := parser.ParseBytes(l.data, 0)
-	if err != nil {
-		return 1, 1
-	}
-	for p := path; p != "" && p != "$"; p = lastPathSegment.ReplaceAllString(p, "") {
-		yamlPath, err := yaml.PathString(p)
-		if err != nil {
-			continue
-		}
-		node, err := yamlPath.FilterFile(file)
-		if err != nil || node == nil || node.GetToken() == nil {
-			continue
-		}
-		return node.GetToken().Position.Line, node.GetToken().Position.Column
-	}
-	return 1, 1
+	return yamlpos.Position(l.data, path)
 }

@@ -285,17 +285,7 @@ func (r *Registry) serve(run func() error) {
 // to act on its GOAWAY frame.
 func (r *Registry) Close() error {
 	r.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), registryShutdownTimeout)
-		defer cancel()
-
-		err := r.server.Shutdown(ctx)
-		if err != nil {
-			err = errors.Join(fmt.Errorf("shut down registry %s: %w", r.Addr, err), r.server.Close())
-		}
-		<-r.serveDone
-		if r.serveErr != nil {
-			err = errors.Join(err, fmt.Errorf("serve registry %s: %w", r.Addr, r.serveErr))
-		}
+		err := shutdownServer(r.server, registryShutdownTimeout, r.serveDone, &r.serveErr, "registry "+r.Addr)
 		if appErr := r.app.Shutdown(); appErr != nil {
 			err = errors.Join(err, fmt.Errorf("shut down registry app %s: %w", r.Addr, appErr))
 		}

@@ -609,17 +609,7 @@ func (s *TokenServer) RegistryAuth() configuration.Auth {
 // result.
 func (s *TokenServer) Close() error {
 	s.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), tokenServerShutdownTimeout)
-		defer cancel()
-
-		err := s.server.Shutdown(ctx)
-		if err != nil {
-			err = errors.Join(fmt.Errorf("shut down token server %s: %w", s.Addr, err), s.server.Close())
-		}
-		<-s.serveDone
-		if s.serveErr != nil {
-			err = errors.Join(err, fmt.Errorf("serve token server %s: %w", s.Addr, s.serveErr))
-		}
+		err := shutdownServer(s.server, tokenServerShutdownTimeout, s.serveDone, &s.serveErr, "token server "+s.Addr)
 		s.closeErr = errors.Join(err, s.Issuer.Close())
 	})
 	return s.closeErr
