@@ -23,7 +23,7 @@ func main() {
 }
 
 func run(args []string) int {
-	// docker's metadata request must be answered before anything else is read or started.
+	// docker's metadata request gets its response before anything else is read or started.
 	if dockerplugin.IsMetadataCall(args) {
 		if err := dockerplugin.WriteMetadata(os.Stdout, version.Get().Version); err != nil {
 			fmt.Fprintf(os.Stderr, "imgxfer: writing plugin metadata: %v\n", err)

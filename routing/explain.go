@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// Decision is how a client sends the requests for one registry host.
+// Decision is the route that a client takes for the requests to one registry host.
 type Decision struct {
 	// Host is the host as the routing header carries it: lowercase, with the port unless
 	// it is the scheme's default.

@@ -174,7 +174,7 @@ func splitHostPort(hostport string) (string, int, error) {
 }
 
 // validHostname accepts DNS names of letters, digits, '-' and '_' in dot-separated labels,
-// and IPv4 addresses. A '*' label is accepted here so that wildcard errors can say more.
+// and IPv4 addresses. A '*' label is accepted here so that the wildcard check can give a precise error.
 func validHostname(name string) bool {
 	if name == "" || len(name) > 253 {
 		return false

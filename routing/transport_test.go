@@ -228,7 +228,7 @@ func TestTransportHeaderValue(t *testing.T) {
 	}
 }
 
-// TestTransportRoutesEachHop follows a registry that answers with absolute URLs naming
+// TestTransportRoutesEachHop follows a registry that responds with absolute URLs naming
 // other hosts: a token realm, an upload Location and a redirect to blob storage. Each
 // hop must reach the proxy with the header of its own host.
 func TestTransportRoutesEachHop(t *testing.T) {

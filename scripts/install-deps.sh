@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian packages that the tests and the demo need, when they are missing:
-# nginx (the proxy under test) and the docker client (the CLI plugin tests; no daemon is
-# used). Needs root or sudo, and only runs apt-get when something is missing.
+# Install the Debian packages that the tests and the demo need, when they are missing.
+# They are nginx, the proxy under test, and the docker client, for the CLI plugin tests,
+# which use no daemon. Needs root or sudo, and runs apt-get only when something is missing.
 set -euo pipefail
 
 missing=()

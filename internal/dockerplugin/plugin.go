@@ -19,7 +19,7 @@ const (
 	// Name is the plugin name: docker runs it for "docker imgxfer".
 	Name = "imgxfer"
 
-	// MetadataSubcommand is the single argument with which docker asks for Metadata.
+	// MetadataSubcommand is the single argument with which docker requests Metadata.
 	MetadataSubcommand = "docker-cli-plugin-metadata"
 
 	// EnvOriginalCommand is set by docker when it runs a plugin.

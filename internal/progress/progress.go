@@ -53,7 +53,7 @@ type Display interface {
 
 // NewLog returns a display that logs the start and the end of each copy at info level,
 // with sizes and durations readable in text logs and exact in JSON logs. It logs failed
-// copies at warning level when logFailures is set; a command that returns the only copy's
+// copies at warning level when logFailures is set. A command that returns the only copy's
 // error leaves it unset, so that the error is not printed twice.
 func NewLog(log *logrus.Logger, jsonLogs, logFailures bool) Display {
 	return &logDisplay{log: log, json: jsonLogs, failures: logFailures}

@@ -56,10 +56,10 @@ type routeCheck struct {
 }
 
 // Doctor walks the route to the registry at host step by step and calls report for each
-// step. The steps, in order: the routing decision, the proxy's address, a TCP connection,
-// TLS to the proxy, the proxy's acceptance of the routing header, the registry's /v2/
-// endpoint, the token realm of its challenge, and the credentials, if docker's config has
-// any for host.
+// step. It checks, in order, the routing decision, the proxy's address, a TCP connection
+// and TLS to the proxy. Then it checks that the proxy accepts the routing header, that the
+// registry answers /v2/, that the token realm of its challenge is reachable, and that the
+// credentials work, if docker's config has any for host.
 // Each step gets timeout. After the first failure the remaining steps are skipped. It
 // returns the first failure's error, or nil when the route works.
 func (c *Client) Doctor(ctx context.Context, rules *routing.Rules, host string, timeout time.Duration, report func(CheckResult)) error {
@@ -163,6 +163,7 @@ func (check *routeCheck) proxyTLS(ctx context.Context) stepResult {
 	if d.Proxy.Scheme != "https" {
 		return skipped("the proxy URL is plain http")
 	}
+
 	route := check.rules.Routes[d.RouteIndex]
 	tlsConfig, err := route.TLSConfig()
 	if err != nil {
@@ -173,6 +174,7 @@ func (check *routeCheck) proxyTLS(ctx context.Context) stepResult {
 		transport.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	client := &http.Client{Transport: transport}
+
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.Proxy.String()+"/healthz", nil)
 	if err != nil {
 		return failed(err, "")
@@ -186,6 +188,7 @@ func (check *routeCheck) proxyTLS(ctx context.Context) stepResult {
 		return failed(err, fix)
 	}
 	drain(resp)
+
 	if route.TLS.Insecure {
 		return ok("connected without verifying the certificate: routes[%d].tls.insecure is set", d.RouteIndex)
 	}

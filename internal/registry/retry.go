@@ -249,7 +249,7 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 }
 
 // failureOf describes a transient failure: a transport error or a status that is worth
-// retrying. It returns "" for success, for a definite answer such as 404, for a proxy's
+// retrying. It returns "" for success, for a definite response such as 404, for a proxy's
 // rejection, which routing reports itself, and when ctx has ended.
 //
 // NOTE: a 2xx response that regclient rejects after it arrived, such as a blob whose
@@ -308,7 +308,7 @@ func retryAfter(resp *http.Response, now time.Time) time.Duration {
 }
 
 // capRetryAfter rewrites a Retry-After that regclient would misread or wait too long for.
-// regclient v0.11.7 reads only whole seconds and waits as long as they say, so an HTTP
+// regclient v0.11.7 reads only whole seconds and waits as long as the header requests, so an HTTP
 // date becomes seconds and a long wait becomes maxRetryAfter.
 func capRetryAfter(resp *http.Response, now time.Time, log logrus.FieldLogger) {
 	value := strings.TrimSpace(resp.Header.Get("Retry-After"))

@@ -10,7 +10,7 @@ import (
 // regclientShortReadMessage is regclient v0.11.7's debug message when a blob download
 // ends early and it resumes the download with a range request. The retry transport logs
 // failed requests itself, but a short read happens inside a successful response, so only
-// regclient sees it. regclient's "Sleeping for backoff" is not used: it fires for every
+// regclient detects it. regclient's "Sleeping for backoff" is not used: it fires for every
 // request that waits on a host, retried or not.
 // NOTE: this is regclient's internal wording; a regclient upgrade can change it, and then
 // resumed downloads are logged at debug level only.

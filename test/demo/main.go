@@ -1,4 +1,4 @@
-// Command demo shows imgxfer's main job on one machine, with loopback traffic only: it
+// Command demo shows imgxfer's main job on one machine, with loopback traffic only. It
 // packs imgxfer itself, cross-compiled for linux/amd64 and linux/arm64, as a two-platform
 // image in a source registry, then copies it with the imgxfer binary through nginx, run
 // from the configuration that imgxfer generates, into a registry that the client knows only by

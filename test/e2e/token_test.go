@@ -107,7 +107,7 @@ func newTokenEnv(t *testing.T) *tokenEnv {
 	})
 
 	// An older proxy configuration rewrites the realm to the proxy's own address. This
-	// registry announces that address itself, which is what the client then sees.
+	// registry announces that address itself, which is what the client then receives.
 	e.legacyIssuer = newIssuer(t, "harbor-registry")
 	e.legacy = startRegistry(t, ctx, testenv.RegistryOptions{
 		Listener:      e.legacyListener,
