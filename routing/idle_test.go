@@ -1,11 +1,13 @@
 package routing
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -129,4 +131,36 @@ func TestIdleTimeoutAllowsSlowButSteadyPeer(t *testing.T) {
 		t.Fatalf("request after the pooled connection timed out: %v", err)
 	}
 	resp.Body.Close()
+}
+
+// recordingConn is a connection that accepts every write and records its size.
+type recordingConn struct {
+	net.Conn
+	writes []int
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	c.writes = append(c.writes, len(p))
+	return len(p), nil
+}
+
+func (c *recordingConn) SetDeadline(time.Time) error { return nil }
+
+func TestIdleTimeoutConnReadFromWritesLargeChunks(t *testing.T) {
+	recorder := &recordingConn{}
+	conn := newIdleTimeoutConn(recorder, time.Minute)
+	body := bytes.Repeat([]byte("x"), 4*bodyCopyBufferSize+1)
+
+	// The struct hides bytes.Reader's WriteTo, as a registry client's blob reader has none.
+	n, err := conn.(io.ReaderFrom).ReadFrom(struct{ io.Reader }{bytes.NewReader(body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != int64(len(body)) {
+		t.Errorf("ReadFrom sent %d bytes, want %d", n, len(body))
+	}
+	want := []int{bodyCopyBufferSize, bodyCopyBufferSize, bodyCopyBufferSize, bodyCopyBufferSize, 1}
+	if !slices.Equal(recorder.writes, want) {
+		t.Errorf("writes of %v bytes, want %v", recorder.writes, want)
+	}
 }

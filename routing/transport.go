@@ -285,9 +285,17 @@ func (t *Transport) newHTTPTransport(tlsConfig *tls.Config) *http.Transport {
 	if tlsConfig != nil {
 		inner.TLSClientConfig = tlsConfig
 	}
+	// net/http keeps 2 idle connections per host by default, so a copy with more requests
+	// in flight to one registry or proxy would close the others after each request and
+	// open, and with TLS handshake, new ones.
+	inner.MaxIdleConnsPerHost = MaxIdleConnsPerHost
 	inner.DialContext = t.dialIdle(nil)
 	return inner
 }
+
+// MaxIdleConnsPerHost is how many idle connections the transport keeps per registry or
+// proxy, enough for every request in flight to reuse one.
+const MaxIdleConnsPerHost = 64
 
 // dialIdle returns a DialContext function that dials with http.DefaultTransport's dialer
 // settings, after rewrite changes the address when it is not nil, and wraps every
