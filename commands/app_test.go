@@ -80,6 +80,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"copy", "--nope", "a", "b"}, "flag provided but not defined: -nope; run 'imgxfer copy --help'"},
 		{[]string{"copy", "a"}, "copy needs 2 arguments (SRC DEST), got 1"},
 		{[]string{"--log-format", "xml", "version"}, `invalid log format "xml"`},
+		{[]string{"copy", "--max-requests", "0", "a", "b"}, "invalid --max-requests 0: use 1 to 256"},
+		{[]string{"sync", "--max-requests", "257", "-f", "images.yaml"}, "invalid --max-requests 257: use 1 to 256"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -20,15 +20,18 @@ import (
 )
 
 const (
-	flagRules      = "rules"
-	flagProxy      = "proxy"
-	flagPlatform   = "platform"
-	flagFormat     = "format"
-	flagAnnotation = "annotation"
-	flagReferrers  = "referrers"
-	flagForce      = "force"
-	flagDryRun     = "dry-run"
-	flagQuiet      = "quiet"
+	flagRules       = "rules"
+	flagProxy       = "proxy"
+	flagPlatform    = "platform"
+	flagFormat      = "format"
+	flagAnnotation  = "annotation"
+	flagReferrers   = "referrers"
+	flagForce       = "force"
+	flagDryRun      = "dry-run"
+	flagQuiet       = "quiet"
+	flagMaxRequests = "max-requests"
+
+	maxRequestsLimit = 256
 
 	formatText = "text"
 	formatJSON = "json"
@@ -56,6 +59,7 @@ type copySettings struct {
 	logFormat   string
 	logLevelSet bool // --log-level or $IMGXFER_LOG_LEVEL was given, so --quiet leaves the level alone
 	batch       bool // sync runs the copies, and logs each failure as it happens
+	maxRequests int  // 0: the registry package's default
 }
 
 // copySettingFlags are the flags behind copySettings.
@@ -91,6 +95,11 @@ func copySettingFlags(platformUsage string) []cli.Flag {
 			Aliases: []string{"q"},
 			Usage:   "no progress display and no info logs; text output lists failures only",
 		},
+		&cli.IntFlag{
+			Name:        flagMaxRequests,
+			Usage:       "max HTTP requests in flight to one registry, from 1 to 256",
+			DefaultText: fmt.Sprintf("%d; for sync, 4 per --parallel copy when that is more", registry.DefaultMaxRequests),
+		},
 	}
 }
 
@@ -104,6 +113,10 @@ func readCopySettings(c *cli.Context) (copySettings, error) {
 		quiet:       c.Bool(flagQuiet),
 		logFormat:   c.String(flagLogFormat),
 		logLevelSet: c.IsSet(flagLogLevel),
+		maxRequests: c.Int(flagMaxRequests),
+	}
+	if c.IsSet(flagMaxRequests) && (s.maxRequests < 1 || s.maxRequests > maxRequestsLimit) {
+		return s, usageErrorf("invalid --%s %d: use 1 to %d", flagMaxRequests, s.maxRequests, maxRequestsLimit)
 	}
 	if s.format != formatText && s.format != formatJSON {
 		return s, usageErrorf("invalid --%s %q; use %s or %s", flagFormat, s.format, formatText, formatJSON)
@@ -224,7 +237,13 @@ func (a *App) runCopy(ctx context.Context, opts copyOptions) error {
 		credentials[destRef.Registry] = *opts.destCred
 	}
 
-	client, err := registry.New(registry.Options{Rules: rules, Logger: a.log, UserAgent: version.UserAgent(), Credentials: credentials})
+	client, err := registry.New(registry.Options{
+		Rules:       rules,
+		Logger:      a.log,
+		UserAgent:   version.UserAgent(),
+		Credentials: credentials,
+		MaxRequests: opts.settings.maxRequests,
+	})
 	if err != nil {
 		return usageErrorf("%w", err)
 	}

@@ -156,7 +156,17 @@ func (a *App) runSync(ctx context.Context, opts syncOptions) error {
 		return err
 	}
 
-	client, err := registry.New(registry.Options{Rules: rules, Logger: a.log, UserAgent: version.UserAgent(), Credentials: credentials})
+	maxRequests := opts.settings.maxRequests
+	if maxRequests == 0 {
+		maxRequests = registry.MaxRequestsFor(opts.parallel)
+	}
+	client, err := registry.New(registry.Options{
+		Rules:       rules,
+		Logger:      a.log,
+		UserAgent:   version.UserAgent(),
+		Credentials: credentials,
+		MaxRequests: maxRequests,
+	})
 	if err != nil {
 		return usageErrorf("%w", err)
 	}

@@ -43,6 +43,21 @@ type Options struct {
 	// closed and the request fails. Zero means $IMGXFER_IDLE_TIMEOUT when that is set,
 	// else routing.DefaultIdleTimeout.
 	IdleTimeout time.Duration
+
+	// MaxRequests is the maximum number of requests in flight to one registry, shared by
+	// all copies of the client. Zero means DefaultMaxRequests.
+	MaxRequests int
+}
+
+// DefaultMaxRequests is the default of Options.MaxRequests for one copy. regclient's own
+// default is 3. In `make bench`, over a hop that adds 5 ms to every request, a copy of 51
+// small blobs took 0.41 s with 3 and 0.21 s with 8. On loopback both took the same time.
+const DefaultMaxRequests = 8
+
+// MaxRequestsFor returns the default of Options.MaxRequests for parallel copies, which
+// share the limit: DefaultMaxRequests, or 4 per copy when that is more.
+func MaxRequestsFor(parallel int) int {
+	return max(DefaultMaxRequests, 4*parallel)
 }
 
 // Credential is a username and password for one registry.
@@ -96,10 +111,16 @@ func New(opts Options) (*Client, error) {
 	// regclient applies its own per-host TLS settings only to an *http.Transport, so with
 	// this RoundTripper the TLS of every host comes from the rules. The config hosts still
 	// tell regclient which registries speak plain HTTP.
+	maxRequests := opts.MaxRequests
+	if maxRequests <= 0 {
+		maxRequests = DefaultMaxRequests
+	}
+
 	hosts := map[string]*config.Host{}
 	hostFor := func(name string) *config.Host {
 		if hosts[name] == nil {
 			hosts[name] = config.HostNewName(name)
+			hosts[name].ReqConcurrent = int64(maxRequests)
 		}
 		return hosts[name]
 	}
@@ -125,9 +146,17 @@ func New(opts Options) (*Client, error) {
 	}
 
 	rcOpts := []regclient.Opt{
+		// regclient gives the default's settings to the hosts that it creates after this
+		// option, from docker's config.json and from configHosts. It created Docker Hub's
+		// before any option, so Docker Hub keeps regclient's limit of 3 requests.
+		regclient.WithConfigHostDefault(config.Host{ReqConcurrent: int64(maxRequests)}),
 		regclient.WithDockerCreds(),
 		regclient.WithConfigHost(configHosts...),
-		regclient.WithRegOpts(reg.WithHTTPClient(httpClient), reg.WithDelay(retryDelayInitial, retryDelayMax)),
+		regclient.WithRegOpts(
+			reg.WithHTTPClient(httpClient),
+			reg.WithDelay(retryDelayInitial, retryDelayMax),
+			reg.WithCache(manifestCacheAge, manifestCacheCount),
+		),
 		regclient.WithSlog(slog.New(newRetryLogHandler(logging.NewSlog(log).Handler(), log))),
 	}
 	if opts.UserAgent != "" {
@@ -155,6 +184,16 @@ func (c *Client) Close() {
 const (
 	retryDelayInitial = 100 * time.Millisecond
 	retryDelayMax     = 2 * time.Second
+)
+
+// A copy reads each source manifest up to three times by digest: to plan, to list its
+// blobs for the progress totals, and in regclient's copy. regclient's manifest cache,
+// keyed by registry, repository and digest, serves the repeats. A digest names fixed
+// content, so a cached manifest cannot go stale, but a manifest deleted during the run
+// is still found. The limits match regctl's.
+const (
+	manifestCacheAge   = 5 * time.Minute
+	manifestCacheCount = 500
 )
 
 // idleTimeoutSetting returns configured, else the duration in $IMGXFER_IDLE_TIMEOUT, else

@@ -17,6 +17,7 @@ import (
 	v1 "github.com/regclient/regclient/types/oci/v1"
 	"github.com/regclient/regclient/types/platform"
 	"github.com/regclient/regclient/types/ref"
+	"golang.org/x/sync/errgroup"
 )
 
 // ErrAnnotationUnsupported marks --annotation on a manifest format that has no annotations.
@@ -75,15 +76,27 @@ func (c *Client) buildPlan(ctx context.Context, spec CopySpec) (*plan, error) {
 		return nil, err
 	}
 
+	// The destination's current digest does not depend on the source, so both requests
+	// go out at once, which saves a round trip on every copy, up-to-date or not.
+	destHead := make(chan destinationHead, 1)
+	go func() {
+		digest, err := c.destinationDigest(ctx, dstRef)
+		destHead <- destinationHead{digest, err}
+	}()
 	srcManifest, err := c.rc.ManifestGet(ctx, srcRef)
+	head := <-destHead
 	if err != nil {
 		return nil, fmt.Errorf("reading source manifest %s: %w", srcRef.CommonName(), err)
 	}
+	if head.err != nil {
+		return nil, head.err
+	}
 	p := &plan{
-		src:       srcRef,
-		dst:       dstRef,
-		srcDigest: srcManifest.GetDescriptor().Digest.String(),
-		top:       srcManifest,
+		src:        srcRef,
+		dst:        dstRef,
+		srcDigest:  srcManifest.GetDescriptor().Digest.String(),
+		top:        srcManifest,
+		destDigest: head.digest,
 	}
 	// Everything is read by digest from here on, so a tag that moves during the copy
 	// cannot mix two images.
@@ -103,17 +116,27 @@ func (c *Client) buildPlan(ctx context.Context, spec CopySpec) (*plan, error) {
 	if dstRef.Digest != "" && dstRef.Digest != p.digest() {
 		return nil, fmt.Errorf("%w %q: the copy would write digest %s; give the destination a tag or that digest", ErrInvalidReference, spec.Destination, p.digest())
 	}
+	return p, nil
+}
 
-	head, err := c.rc.ManifestHead(ctx, dstRef, regclient.WithManifestRequireDigest())
+// destinationHead is the result of destinationDigest.
+type destinationHead struct {
+	digest string
+	err    error
+}
+
+// destinationDigest returns the digest that dst names now, or "" when the tag, the
+// repository or the OCI layout directory does not exist.
+func (c *Client) destinationDigest(ctx context.Context, dst ref.Ref) (string, error) {
+	head, err := c.rc.ManifestHead(ctx, dst, regclient.WithManifestRequireDigest())
 	switch {
 	case err == nil:
-		p.destDigest = head.GetDescriptor().Digest.String()
+		return head.GetDescriptor().Digest.String(), nil
 	case errors.Is(err, errs.ErrNotFound), errors.Is(err, fs.ErrNotExist):
-		// A missing tag, repository or OCI layout directory: the copy writes all of it.
+		return "", nil
 	default:
-		return nil, fmt.Errorf("reading destination manifest %s: %w", dstRef.CommonName(), err)
+		return "", fmt.Errorf("reading destination manifest %s: %w", dst.CommonName(), err)
 	}
-	return p, nil
 }
 
 // selectTop narrows the plan to the requested platforms. One platform of an index makes
@@ -221,6 +244,32 @@ func CheckAnnotations(annotations map[string]string) error {
 	return nil
 }
 
+// manifestFetchParallel is how many child manifests getManifests requests at once.
+const manifestFetchParallel = 8
+
+// getManifests reads the manifests that descriptors name in the repository of src, several
+// at once, so that an index of many platforms costs about one round trip rather than one
+// per platform. The result is in the order of descriptors.
+func (c *Client) getManifests(ctx context.Context, src ref.Ref, descriptors []descriptor.Descriptor) ([]manifest.Manifest, error) {
+	manifests := make([]manifest.Manifest, len(descriptors))
+	group, groupCtx := errgroup.WithContext(ctx)
+	group.SetLimit(manifestFetchParallel)
+	for i, d := range descriptors {
+		group.Go(func() error {
+			m, err := c.rc.ManifestGet(groupCtx, src.SetDigest(d.Digest.String()), regclient.WithManifestDesc(d))
+			if err != nil {
+				return fmt.Errorf("reading manifest %s of %s: %w", d.Digest, src.CommonName(), err)
+			}
+			manifests[i] = m
+			return nil
+		})
+	}
+	if err := group.Wait(); err != nil {
+		return nil, err
+	}
+	return manifests, nil
+}
+
 // listBlobs returns the configs and layers that the copy transfers, each digest once,
 // reading the child manifests of an index from the source. Referrers are not included.
 func (c *Client) listBlobs(ctx context.Context, p *plan) ([]descriptor.Descriptor, error) {
@@ -260,11 +309,11 @@ func (c *Client) listBlobs(ctx context.Context, p *plan) ([]descriptor.Descripto
 		if err != nil {
 			return err
 		}
-		for _, child := range children {
-			childManifest, err := c.rc.ManifestGet(ctx, p.src.SetDigest(child.Digest.String()), regclient.WithManifestDesc(child))
-			if err != nil {
-				return fmt.Errorf("reading manifest %s of %s: %w", child.Digest, p.src.CommonName(), err)
-			}
+		childManifests, err := c.getManifests(ctx, p.src, children)
+		if err != nil {
+			return err
+		}
+		for _, childManifest := range childManifests {
 			if err := walk(childManifest, depth+1); err != nil {
 				return err
 			}

@@ -261,7 +261,9 @@ copies:
 			t.Errorf("second run: %s status %q with %d bytes, want skipped", dest, out.Status, out.BytesCopied)
 		}
 	}
-	prodImages := []string{"team/app:1.0", "team/app:1.1", "mirror/base:3", "other/base:3", "mirror/team/db:2", "team/multi:5"}
+	// The copy whose source is missing sends its destination HEAD too, because a copy
+	// reads the destination's digest and the source's manifest at once.
+	prodImages := []string{"team/app:1.0", "team/app:1.1", "mirror/base:3", "other/base:3", "mirror/team/db:2", "team/multi:5", "team/nosuch:1"}
 	assertOneHeadPerImage(t, e.prod.Requests(), prodImages)
 	assertOneHeadPerImage(t, e.secure.Requests(), []string{"team/db:2"})
 
