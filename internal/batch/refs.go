@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/regclient/regclient/types/ref"
 
@@ -82,10 +83,14 @@ func compilePattern(pattern string) (*regexp.Regexp, error) {
 	return re, nil
 }
 
-var tagSyntax = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+// tagSyntax is compiled on first use, because its bounded repetition makes compiling it
+// a noticeable part of the process start of every command.
+var tagSyntax = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+})
 
 func checkTag(tag string) error {
-	if !tagSyntax.MatchString(tag) {
+	if !tagSyntax().MatchString(tag) {
 		return fmt.Errorf("invalid tag %q: a tag has up to 128 letters, digits, '_', '.' or '-', and does not start with '.' or '-'", tag)
 	}
 	return nil

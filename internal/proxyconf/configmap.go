@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/imgxfer/imgxfer/routing"
 )
@@ -16,13 +17,16 @@ const ConfigMapKey = "nginx.conf"
 // DefaultConfigMapName is the ConfigMap's name unless the caller sets another.
 const DefaultConfigMapName = "mesh-proxy-nginx"
 
-// configMapName matches a Kubernetes object name (RFC 1123 subdomain).
-var configMapName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+// configMapName matches a Kubernetes object name (RFC 1123 subdomain). It is compiled on
+// first use, like the template, to keep them out of the process start of every command.
+var configMapName = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+})
 
 // ConfigMap returns a Kubernetes ConfigMap named name whose ConfigMapKey holds the nginx
 // configuration that Generate returns.
 func ConfigMap(rules *routing.Rules, opts Options, name string) ([]byte, error) {
-	if !configMapName.MatchString(name) {
+	if !configMapName().MatchString(name) {
 		return nil, fmt.Errorf("invalid ConfigMap name %q: use lowercase letters, digits, '-' and '.', such as %s", name, DefaultConfigMapName)
 	}
 	config, err := Generate(rules, opts)

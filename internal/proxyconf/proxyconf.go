@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"text/template"
 	"time"
 
@@ -36,9 +37,13 @@ const (
 //go:embed nginx.conf.tmpl
 var nginxTemplateText string
 
-var nginxTemplate = template.Must(template.New("nginx.conf").
-	Funcs(template.FuncMap{"quote": quote}).
-	Parse(nginxTemplateText))
+// nginxTemplate is parsed on first use rather than at package init, which every command
+// would pay for.
+var nginxTemplate = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("nginx.conf").
+		Funcs(template.FuncMap{"quote": quote}).
+		Parse(nginxTemplateText))
+})
 
 // Options are the settings that belong to where and how nginx runs rather than to the
 // rules. The listener, TLS and upstream CA fields, when set, replace the rules' values.
@@ -136,7 +141,7 @@ func Generate(rules *routing.Rules, opts Options) ([]byte, error) {
 		return nil, err
 	}
 	var out bytes.Buffer
-	if err := nginxTemplate.Execute(&out, data); err != nil {
+	if err := nginxTemplate().Execute(&out, data); err != nil {
 		return nil, fmt.Errorf("rendering the nginx configuration: %w", err)
 	}
 	return out.Bytes(), nil
