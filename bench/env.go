@@ -13,6 +13,9 @@ import (
 	"github.com/imgxfer/imgxfer/internal/testenv"
 )
 
+// linkDelay is how long the slow link holds each request before forwarding it.
+const linkDelay = 5 * time.Millisecond
+
 // meshHost is the name under which the clients reach the destination through nginx. It
 // does not resolve, so only nginx's allowlist maps it to the destination's loopback port.
 const meshHost = "registry.bench.test"
@@ -23,8 +26,11 @@ type bench struct {
 	storageDir string // parent of both registries' storage
 	src, dst   *testenv.Registry
 	nginx      *testenv.Nginx
-	srcClient  *regclient.RegClient
-	raw        *rawCopier
+	// slow forwards to dst after holding every request for linkDelay, as a distant
+	// registry's round trip would.
+	slow      *testenv.FaultProxy
+	srcClient *regclient.RegClient
+	raw       *rawCopier
 
 	imgxfer   string
 	crane     string // empty when the install failed
@@ -71,6 +77,13 @@ func setup(ctx context.Context, repoDir, toolsDir string) (*bench, error) {
 	if err := b.startNginx(startCtx); err != nil {
 		return b, err
 	}
+	b.slow, err = testenv.StartFaultProxy(testenv.FaultProxyOptions{
+		Target: b.dst.URL,
+		Rules:  []testenv.FaultRule{{Kind: testenv.FaultStall, Delay: linkDelay}},
+	})
+	if err != nil {
+		return b, fmt.Errorf("start the slow link: %w", err)
+	}
 	b.srcClient = testenv.NewClient(b.src)
 
 	rules := fmt.Sprintf(`version: 1
@@ -82,7 +95,9 @@ registries:
     tls: disabled
   - host: "%s"
     tls: disabled
-`, meshHost, b.nginx.HTTPAddr, b.src.Addr, b.dst.Addr)
+  - host: "%s"
+    tls: disabled
+`, meshHost, b.nginx.HTTPAddr, b.src.Addr, b.dst.Addr, b.slow.Addr)
 	if b.rulesFile, err = testenv.WriteFile(workDir, "rules.yaml", []byte(rules)); err != nil {
 		return b, err
 	}
@@ -172,7 +187,7 @@ func (b *bench) configureRegctl(ctx context.Context) error {
 	if b.regctl == "" {
 		return nil
 	}
-	for _, addr := range []string{b.src.Addr, b.dst.Addr} {
+	for _, addr := range []string{b.src.Addr, b.dst.Addr, b.slow.Addr} {
 		if _, err := runTool(ctx, toolEnv(b.toolHome), b.regctl, "registry", "set", "--tls", "disabled", addr); err != nil {
 			return err
 		}
@@ -183,6 +198,9 @@ func (b *bench) configureRegctl(ctx context.Context) error {
 // close stops nginx and the registries and removes the work and storage directories.
 func (b *bench) close() {
 	var errs []error
+	if b.slow != nil {
+		errs = append(errs, b.slow.Close())
+	}
 	if b.nginx != nil {
 		errs = append(errs, b.nginx.Stop())
 	}

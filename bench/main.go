@@ -23,6 +23,7 @@ import (
 func main() {
 	rounds := flag.Int("n", 5, "number of paired rounds; each tool runs once per round and workload")
 	withSync := flag.Bool("sync", true, "also run the `imgxfer sync` workload of 20 images at --parallel 1, 2 and 4")
+	withLarge := flag.Bool("large", true, "also copy a one-layer image of 1 GiB with each external tool, to compare peak RSS with a 16 MiB layer")
 	toolsDir := flag.String("tools-dir", "", "directory that already contains crane and regctl; empty installs them into a temporary directory with go install")
 	flag.Parse()
 	if *rounds < 1 || *rounds > 100 {
@@ -44,7 +45,7 @@ func main() {
 		}
 		os.Exit(1)
 	}
-	rep, err := b.run(ctx, *rounds, *withSync)
+	rep, err := b.run(ctx, *rounds, *withSync, *withLarge)
 	// The servers are stopped before anything goes to stdout, because a write to a closed
 	// pipe, as with `| head`, ends the process at once with SIGPIPE.
 	b.close()

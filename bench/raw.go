@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"io"
 	"net"
 	"net/http"
@@ -39,6 +42,16 @@ type endpoint struct {
 // the manifests are written, platform manifests before the index.
 type rawCopier struct {
 	client *http.Client
+
+	// verifyDigests computes the SHA-256 of every blob as it streams and fails the upload
+	// when it differs from the digest in the manifest, as registry clients do. The
+	// destination registry checks the digest too, in both modes.
+	verifyDigests bool
+}
+
+// withVerifiedDigests returns a copier on the same connections that verifies digests.
+func (c *rawCopier) withVerifiedDigests() *rawCopier {
+	return &rawCopier{client: c.client, verifyDigests: true}
 }
 
 func newRawCopier() *rawCopier {
@@ -223,8 +236,12 @@ func (c *rawCopier) copyBlob(ctx context.Context, src endpoint, srcRepo string, 
 
 	// The Location names the host the registry saw, which is the mesh name behind nginx,
 	// so only its path and query are kept and the request goes to the endpoint's base.
+	var body io.Reader = get.Body
+	if c.verifyDigests {
+		body = &verifyingReader{reader: get.Body, hash: sha256.New(), want: blob.Digest}
+	}
 	header := http.Header{"Content-Type": {"application/octet-stream"}, "Content-Length": {strconv.FormatInt(blob.Size, 10)}}
-	put, err := c.do(ctx, dst, http.MethodPut, location.Path+"?"+query.Encode(), get.Body, blob.Size, header)
+	put, err := c.do(ctx, dst, http.MethodPut, location.Path+"?"+query.Encode(), body, blob.Size, header)
 	if err != nil {
 		return err
 	}
@@ -248,4 +265,23 @@ func (c *rawCopier) putManifest(ctx context.Context, dst endpoint, repo string, 
 		return fmt.Errorf("PUT manifest %s:%s: status %d", repo, m.reference, resp.StatusCode)
 	}
 	return nil
+}
+
+// verifyingReader hashes what it reads and, at EOF, returns an error instead when the
+// SHA-256 differs from want, so that net/http aborts the upload.
+type verifyingReader struct {
+	reader io.Reader
+	hash   hash.Hash
+	want   string
+}
+
+func (r *verifyingReader) Read(p []byte) (int, error) {
+	n, err := r.reader.Read(p)
+	r.hash.Write(p[:n])
+	if err == io.EOF {
+		if got := "sha256:" + hex.EncodeToString(r.hash.Sum(nil)); got != r.want {
+			return n, fmt.Errorf("blob digest mismatch: expected %s, computed %s", r.want, got)
+		}
+	}
+	return n, err
 }

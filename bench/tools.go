@@ -26,10 +26,11 @@ const commandTimeout = 5 * time.Minute
 // while loopback addresses bypass the proxy and reach the servers directly.
 const unusedProxy = "http://127.0.0.1:9"
 
-// runResult is one external command's wall time and peak resident set size.
+// runResult is one external command's wall time, peak resident set size and CPU time.
 type runResult struct {
-	seconds   float64
-	maxRSSKiB int64
+	seconds    float64
+	maxRSSKiB  int64
+	cpuSeconds float64 // user plus system time of the command
 }
 
 // toolEnv returns the environment for the copy tools: a private home, docker and XDG
@@ -60,9 +61,9 @@ func toolEnv(dir string) []string {
 // largest of all children waited for so far, not the one command's.
 const timeCommand = "/usr/bin/time"
 
-// runTool runs name with args and returns its wall time and, when GNU time is installed,
-// its peak RSS (GNU time's %M, in KiB). A non-zero exit is an error that includes the end
-// of stderr. The wall time includes starting GNU time, about a millisecond.
+// runTool runs name with args and returns its wall time, its CPU time and, when GNU time
+// is installed, its peak RSS (GNU time's %M, in KiB). A non-zero exit is an error that
+// includes the end of stderr. The wall time includes starting GNU time, about a millisecond.
 func runTool(ctx context.Context, environ []string, name string, args ...string) (runResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
@@ -94,7 +95,9 @@ func runTool(ctx context.Context, environ []string, name string, args ...string)
 		return runResult{}, fmt.Errorf("%s %s: %w\n%s", filepath.Base(name), strings.Join(args, " "), err, tail)
 	}
 
-	result := runResult{seconds: elapsed}
+	// The CPU time of the waited-for process includes that of the children it waited for,
+	// so under GNU time it is the tool's plus GNU time's own, about a millisecond.
+	result := runResult{seconds: elapsed, cpuSeconds: (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()}
 	if rssFile != "" {
 		data, err := os.ReadFile(rssFile)
 		if err != nil {

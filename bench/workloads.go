@@ -27,9 +27,10 @@ type tool struct {
 
 // sample is one run of one tool.
 type sample struct {
-	seconds   float64
-	maxRSSKiB int64
-	requests  int // requests that reached the destination registry
+	seconds    float64
+	maxRSSKiB  int64
+	cpuSeconds float64
+	requests   int // requests that reached the destination registry
 }
 
 // seededImage is an image in the source registry.
@@ -37,18 +38,31 @@ type seededImage struct {
 	repo, tag, digest string
 }
 
+// tools returns every tool, copying to the destination directly and through nginx.
 func (b *bench) tools() []tool {
-	direct := endpoint{base: b.dst.URL}
+	return b.toolsTo(b.dst.Addr, true)
+}
+
+// slowTools returns the tools that copy to the destination through the delaying hop.
+func (b *bench) slowTools() []tool {
+	return b.toolsTo(b.slow.Addr, false)
+}
+
+// toolsTo returns the tools that copy to the destination at dstAddr, a loopback address
+// of the registry itself or of a hop in front of it, and with withNginx also the tools
+// that copy through nginx.
+func (b *bench) toolsTo(dstAddr string, withNginx bool) []tool {
+	direct := endpoint{base: "http://" + dstAddr}
 	viaNginx := endpoint{base: "http://" + b.nginx.HTTPAddr, host: meshHost}
 	source := endpoint{base: b.src.URL}
 	env := toolEnv(b.toolHome)
 
-	rawTool := func(dst endpoint) func(context.Context, string, string, string, bool) (runResult, error) {
+	rawTool := func(copier *rawCopier, dst endpoint) func(context.Context, string, string, string, bool) (runResult, error) {
 		return func(ctx context.Context, srcRepo, dstRepo, tag string, recopy bool) (runResult, error) {
 			// Each run opens new connections, as a new process of the other tools does.
-			b.raw.client.CloseIdleConnections()
+			copier.client.CloseIdleConnections()
 			start := time.Now()
-			err := b.raw.copyImage(ctx, source, srcRepo, dst, dstRepo, tag, recopy)
+			err := copier.copyImage(ctx, source, srcRepo, dst, dstRepo, tag, recopy)
 			return runResult{seconds: time.Since(start).Seconds()}, err
 		}
 	}
@@ -62,27 +76,74 @@ func (b *bench) tools() []tool {
 	}
 
 	tools := []tool{
-		{name: "raw", copy: rawTool(direct)},
-		{name: "raw via nginx", copy: rawTool(viaNginx)},
-		{name: "imgxfer", copy: external(b.imgxfer, imgxferArgs, b.dst.Addr), external: true},
-		{name: "imgxfer via nginx", copy: external(b.imgxfer, imgxferArgs, meshHost), external: true},
+		{name: "raw", copy: rawTool(b.raw, direct)},
+		{name: "raw, verifying", copy: rawTool(b.raw.withVerifiedDigests(), direct)},
+		{name: "imgxfer", copy: external(b.imgxfer, imgxferArgs, dstAddr), external: true},
 	}
 	if b.crane != "" {
 		tools = append(tools, tool{name: "crane", external: true, copy: external(b.crane, func(src, dst string) []string {
 			return []string{"copy", "--insecure", src, dst}
-		}, b.dst.Addr)})
+		}, dstAddr)})
 	}
 	if b.regctl != "" {
 		tools = append(tools, tool{name: "regctl", external: true, copy: external(b.regctl, func(src, dst string) []string {
 			return []string{"image", "copy", src, dst}
-		}, b.dst.Addr)})
+		}, dstAddr)})
+	}
+	if withNginx {
+		tools = append(tools,
+			tool{name: "raw via nginx", copy: rawTool(b.raw, viaNginx)},
+			tool{name: "raw, verifying, via nginx", copy: rawTool(b.raw.withVerifiedDigests(), viaNginx)},
+			tool{name: "imgxfer via nginx", copy: external(b.imgxfer, imgxferArgs, meshHost), external: true},
+		)
 	}
 	return tools
 }
 
-// slug turns a tool name into a repository path component.
+// requestKinds summarises requests by method and kind, such as "HEAD blob 8, PUT upload 8".
+func requestKinds(records []testenv.RequestRecord) string {
+	counts := map[string]int{}
+	var order []string
+	for _, record := range records {
+		kind := "other"
+		switch {
+		case strings.Contains(record.Path, "/blobs/uploads/"):
+			kind = "upload"
+		case strings.Contains(record.Path, "/blobs/"):
+			kind = "blob"
+		case strings.Contains(record.Path, "/manifests/"):
+			kind = "manifest"
+		}
+		key := record.Method + " " + kind
+		if counts[key] == 0 {
+			order = append(order, key)
+		}
+		counts[key]++
+	}
+	parts := make([]string, 0, len(order))
+	for _, key := range order {
+		parts = append(parts, fmt.Sprintf("%s %d", key, counts[key]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// slug turns a tool name into a repository path component: lowercase letters and digits,
+// with one dash for each run of other characters.
 func slug(name string) string {
-	return strings.ReplaceAll(name, " ", "-")
+	var out strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(name) {
+		if ('a' <= r && r <= 'z') || ('0' <= r && r <= '9') {
+			if dash && out.Len() > 0 {
+				out.WriteByte('-')
+			}
+			out.WriteRune(r)
+			dash = false
+			continue
+		}
+		dash = true
+	}
+	return out.String()
 }
 
 func (b *bench) seed(ctx context.Context, repo string, spec testenv.ImageSpec) (seededImage, error) {
@@ -121,20 +182,20 @@ func (b *bench) measure(ctx context.Context, label string, tools []tool, rounds 
 			if err != nil {
 				return nil, fmt.Errorf("%s, %s: %w", label, t.name, err)
 			}
-			requests := len(b.dst.Requests())
+			records := b.dst.Requests()
 			if err := b.verify(ctx, repo, image.tag, image.digest); err != nil {
 				return nil, fmt.Errorf("%s, %s: %w", label, t.name, err)
 			}
-			samples[t.name] = append(samples[t.name], sample{seconds: result.seconds, maxRSSKiB: result.maxRSSKiB, requests: requests})
-			fmt.Fprintf(os.Stderr, "%s round %d: %-18s %.3f s, peak RSS %d KiB, %d destination requests\n",
-				label, round+1, t.name, result.seconds, result.maxRSSKiB, requests)
+			samples[t.name] = append(samples[t.name], sample{seconds: result.seconds, maxRSSKiB: result.maxRSSKiB, cpuSeconds: result.cpuSeconds, requests: len(records)})
+			fmt.Fprintf(os.Stderr, "%s round %d: %-26s %.3f s, CPU %.3f s, peak RSS %d KiB, %d destination requests (%s)\n",
+				label, round+1, t.name, result.seconds, result.cpuSeconds, result.maxRSSKiB, len(records), requestKinds(records))
 		}
 	}
 	return samples, nil
 }
 
 // run seeds the source, runs every workload and returns the report.
-func (b *bench) run(ctx context.Context, rounds int, withSync bool) (*report, error) {
+func (b *bench) run(ctx context.Context, rounds int, withSync, withLarge bool) (*report, error) {
 	amd64, arm64 := platform.Platform{OS: "linux", Architecture: "amd64"}, platform.Platform{OS: "linux", Architecture: "arm64"}
 
 	// RandomImage shares the bottom layer across platforms, so 4 layers per platform
@@ -190,35 +251,126 @@ func (b *bench) run(ctx context.Context, rounds int, withSync bool) (*report, er
 
 	rep.addStartup(b.measureStartup(ctx, rounds))
 
-	if withSync {
-		syncTable, err := b.runSync(ctx, rounds)
+	if withLarge {
+		rows, err := b.runLayerSizes(ctx, tools, rounds)
 		if err != nil {
 			return nil, err
 		}
-		rep.add(syncTable)
+		rep.layerRSS = rows
+	}
+
+	slowSamples, err := b.measure(ctx, "small-layers, slow link", b.slowTools(), rounds, smallImage, func(t tool, round int) string {
+		return fmt.Sprintf("slow/%s-%d", slug(t.name), round)
+	}, false)
+	if err != nil {
+		return nil, err
+	}
+	rep.add(table{title: fmt.Sprintf("Fresh copy over a slow link, %s per request: the 51 blobs of about 64 KiB", linkDelay), tools: b.slowTools(), samples: slowSamples})
+
+	if withSync {
+		images, err := b.seedSyncImages(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, dst := range []struct{ addr, title string }{
+			{b.dst.Addr, fmt.Sprintf("Sync: %d images of 3 layers of 1 MiB, direct", syncImages)},
+			{b.slow.Addr, fmt.Sprintf("Sync over the slow link, %s per request: the same %d images", linkDelay, syncImages)},
+		} {
+			syncTable, err := b.runSync(ctx, rounds, images, dst.addr, dst.title)
+			if err != nil {
+				return nil, err
+			}
+			rep.add(syncTable)
+		}
 	}
 
 	return rep, nil
 }
 
+// largeRounds caps the rounds of the 1 GiB workload, whose copies take seconds each.
+const largeRounds = 3
+
+// runLayerSizes copies a one-layer image with a 16 MiB layer and one with a 1 GiB layer
+// with every external tool, and returns table rows of their peak RSS and the 1 GiB copy's
+// CPU time. Only external tools run in a process of their own, so only they have a peak RSS.
+func (b *bench) runLayerSizes(ctx context.Context, tools []tool, rounds int) ([]string, error) {
+	amd64 := platform.Platform{OS: "linux", Architecture: "amd64"}
+	var external []tool
+	for _, t := range tools {
+		if t.external {
+			external = append(external, t)
+		}
+	}
+	rounds = min(rounds, largeRounds)
+
+	perSize := map[string]map[string][]sample{}
+	for i, size := range []int64{16 * mib, 1024 * mib} {
+		label := fmt.Sprintf("layer-%dmib", size/mib)
+		fmt.Fprintf(os.Stderr, "seeding a one-layer image of %d MiB\n", size/mib)
+		image, err := b.seed(ctx, "bench/"+label, testenv.RandomImage(int64(10+i), []platform.Platform{amd64}, 1, size))
+		if err != nil {
+			return nil, err
+		}
+		// A first copy stores the layer in the destination, so that no measured run pays
+		// for allocating its storage.
+		if err := b.raw.copyImage(ctx, endpoint{base: b.src.URL}, image.repo, endpoint{base: b.dst.URL}, label+"/warm-up", image.tag, false); err != nil {
+			return nil, fmt.Errorf("warm-up copy of %s: %w", label, err)
+		}
+		samples, err := b.measure(ctx, label, external, rounds, image, func(t tool, round int) string {
+			return fmt.Sprintf("%s/%s-%d", label, slug(t.name), round)
+		}, false)
+		if err != nil {
+			return nil, err
+		}
+		perSize[label] = samples
+	}
+
+	var rows []string
+	for _, t := range external {
+		small, large := perSize["layer-16mib"][t.name], perSize["layer-1024mib"][t.name]
+		rssMiB := func(s sample) float64 { return float64(s.maxRSSKiB) / 1024 }
+		smallRSS, largeRSS := medianOf(small, rssMiB), medianOf(large, rssMiB)
+		change := 0.0
+		if smallRSS > 0 {
+			change = (largeRSS/smallRSS - 1) * 100
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %.1f | %.1f | %+.0f%% | %.2f |", t.name, smallRSS, largeRSS, change, medianOf(large, func(s sample) float64 { return s.cpuSeconds })))
+	}
+	return rows, nil
+}
+
+// medianOf returns the median of one value of every sample.
+func medianOf(samples []sample, value func(sample) float64) float64 {
+	values := make([]float64, 0, len(samples))
+	for _, s := range samples {
+		values = append(values, value(s))
+	}
+	return median(values)
+}
+
 // syncImages is the number of images in the sync workload.
 const syncImages = 20
 
-// runSync copies 20 single-platform images of 3 layers of 1 MiB with `imgxfer sync` at
-// --parallel 1, 2 and 4, against the raw copier copying them one image after another.
-func (b *bench) runSync(ctx context.Context, rounds int) (table, error) {
+// seedSyncImages pushes the 20 single-platform images of 3 layers of 1 MiB that the sync
+// workloads copy.
+func (b *bench) seedSyncImages(ctx context.Context) ([]seededImage, error) {
 	amd64 := platform.Platform{OS: "linux", Architecture: "amd64"}
 	images := make([]seededImage, 0, syncImages)
 	for i := range syncImages {
 		image, err := b.seed(ctx, fmt.Sprintf("sync/img%02d", i), testenv.RandomImage(int64(100+i), []platform.Platform{amd64}, 3, mib))
 		if err != nil {
-			return table{}, err
+			return nil, err
 		}
 		images = append(images, image)
 	}
+	return images, nil
+}
 
+// runSync copies images to the destination at dstAddr with `imgxfer sync` at --parallel
+// 1, 2 and 4, against the raw copier copying them one image after another.
+func (b *bench) runSync(ctx context.Context, rounds int, images []seededImage, dstAddr, title string) (table, error) {
 	source := endpoint{base: b.src.URL}
-	direct := endpoint{base: b.dst.URL}
+	direct := endpoint{base: "http://" + dstAddr}
 	env := toolEnv(b.toolHome)
 	tools := []tool{{name: "raw, one image at a time", copy: func(ctx context.Context, _, prefix, _ string, _ bool) (runResult, error) {
 		b.raw.client.CloseIdleConnections()
@@ -237,7 +389,7 @@ func (b *bench) runSync(ctx context.Context, rounds int) (table, error) {
 				file.WriteString("version: 1\ncopies:\n")
 				for _, image := range images {
 					fmt.Fprintf(&file, "  - source: %s/%s:%s\n    destination: %s/%s/%s\n",
-						b.src.Addr, image.repo, image.tag, b.dst.Addr, prefix, filepath.Base(image.repo))
+						b.src.Addr, image.repo, image.tag, dstAddr, prefix, filepath.Base(image.repo))
 				}
 				path, err := testenv.WriteFile(b.workDir, "sync.yaml", []byte(file.String()))
 				if err != nil {
@@ -251,7 +403,7 @@ func (b *bench) runSync(ctx context.Context, rounds int) (table, error) {
 	for round := range rounds {
 		for i := range tools {
 			t := tools[(i+round)%len(tools)]
-			prefix := fmt.Sprintf("sync-%s-%d", slug(strings.NewReplacer(",", "", "-", "").Replace(t.name)), round)
+			prefix := fmt.Sprintf("sync-%s-%s-%d", slug(title), slug(t.name), round)
 			result, err := t.copy(ctx, "", prefix, "", false)
 			if err != nil {
 				return table{}, fmt.Errorf("sync, %s: %w", t.name, err)
@@ -261,11 +413,11 @@ func (b *bench) runSync(ctx context.Context, rounds int) (table, error) {
 					return table{}, fmt.Errorf("sync, %s: %w", t.name, err)
 				}
 			}
-			samples[t.name] = append(samples[t.name], sample{seconds: result.seconds, maxRSSKiB: result.maxRSSKiB})
+			samples[t.name] = append(samples[t.name], sample{seconds: result.seconds, maxRSSKiB: result.maxRSSKiB, cpuSeconds: result.cpuSeconds})
 			fmt.Fprintf(os.Stderr, "sync round %d: %-28s %.3f s\n", round+1, t.name, result.seconds)
 		}
 	}
-	return table{title: fmt.Sprintf("Sync: %d images of 3 layers of 1 MiB, direct", syncImages), tools: tools, samples: samples}, nil
+	return table{title: title, tools: tools, samples: samples}, nil
 }
 
 // measureStartup times `version` of each external tool, which contacts no registry, so a
