@@ -33,6 +33,7 @@ type bench struct {
 	raw       *rawCopier
 
 	imgxfer   string
+	self      string // this harness's executable, which -raw-copy runs as a process of its own
 	crane     string // empty when the install failed
 	regctl    string // empty when the install failed
 	rulesFile string
@@ -48,6 +49,9 @@ func setup(ctx context.Context, repoDir, toolsDir string) (*bench, error) {
 		return nil, err
 	}
 	b := &bench{workDir: workDir, raw: newRawCopier(), toolHome: filepath.Join(workDir, "home")}
+	if b.self, err = os.Executable(); err != nil {
+		return b, err
+	}
 
 	storageParent := ""
 	if info, err := os.Stat("/dev/shm"); err == nil && info.IsDir() {

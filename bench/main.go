@@ -25,7 +25,12 @@ func main() {
 	withSync := flag.Bool("sync", true, "also run the `imgxfer sync` workload of 20 images at --parallel 1, 2 and 4")
 	withLarge := flag.Bool("large", true, "also copy a one-layer image of 1 GiB with each external tool, to compare peak RSS with a 16 MiB layer")
 	toolsDir := flag.String("tools-dir", "", "directory that already contains crane and regctl; empty installs them into a temporary directory with go install")
+	rawCopy := flag.Bool("raw-copy", false, "internal: copy SRC_URL SRC_REPO DST_URL DST_REPO TAG with the verifying raw copier and exit, so that the harness can time it as a process of its own")
+	skipPresent := flag.Bool("skip-present", false, "internal: with -raw-copy, write nothing when the destination tag already has the source's digest")
 	flag.Parse()
+	if *rawCopy {
+		os.Exit(runRawCopy(flag.Args(), *skipPresent))
+	}
 	if *rounds < 1 || *rounds > 100 {
 		fmt.Fprintf(os.Stderr, "bench: invalid -n %d: expected 1 to 100\n", *rounds)
 		os.Exit(2)
@@ -54,4 +59,20 @@ func main() {
 		os.Exit(1)
 	}
 	rep.write(os.Stdout)
+}
+
+// runRawCopy copies one image with the raw copier, verifying digests and checking for
+// each blob first, and returns the exit code.
+func runRawCopy(args []string, skipPresent bool) int {
+	if len(args) != 5 {
+		fmt.Fprintf(os.Stderr, "bench -raw-copy: expected SRC_URL SRC_REPO DST_URL DST_REPO TAG, got %d arguments\n", len(args))
+		return 2
+	}
+	copier := newRawCopier().withClientChecks(true)
+	err := copier.copyImage(context.Background(), endpoint{base: args[0]}, args[1], endpoint{base: args[2]}, args[3], args[4], skipPresent)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench -raw-copy: %v\n", err)
+		return 1
+	}
+	return 0
 }

@@ -47,11 +47,16 @@ type rawCopier struct {
 	// when it differs from the digest in the manifest, as registry clients do. The
 	// destination registry checks the digest too, in both modes.
 	verifyDigests bool
+
+	// checkBlobs sends a HEAD request for each blob to the destination first and skips
+	// the blobs that it has, as registry clients do.
+	checkBlobs bool
 }
 
-// withVerifiedDigests returns a copier on the same connections that verifies digests.
-func (c *rawCopier) withVerifiedDigests() *rawCopier {
-	return &rawCopier{client: c.client, verifyDigests: true}
+// withClientChecks returns a copier on the same connections that verifies digests and,
+// with checkBlobs, also checks for each blob in the destination first.
+func (c *rawCopier) withClientChecks(checkBlobs bool) *rawCopier {
+	return &rawCopier{client: c.client, verifyDigests: true, checkBlobs: checkBlobs}
 }
 
 func newRawCopier() *rawCopier {
@@ -209,6 +214,20 @@ func (c *rawCopier) copyImage(ctx context.Context, src endpoint, srcRepo string,
 
 // copyBlob streams one blob from a source GET into a monolithic upload on the destination.
 func (c *rawCopier) copyBlob(ctx context.Context, src endpoint, srcRepo string, dst endpoint, dstRepo string, blob blobRef) error {
+	if c.checkBlobs {
+		head, err := c.do(ctx, dst, http.MethodHead, "/v2/"+dstRepo+"/blobs/"+blob.Digest, nil, 0, nil)
+		if err != nil {
+			return err
+		}
+		head.Body.Close()
+		if head.StatusCode == http.StatusOK {
+			return nil
+		}
+		if head.StatusCode != http.StatusNotFound {
+			return fmt.Errorf("HEAD blob %s: status %d", blob.Digest, head.StatusCode)
+		}
+	}
+
 	get, err := c.do(ctx, src, http.MethodGet, "/v2/"+srcRepo+"/blobs/"+blob.Digest, nil, 0, nil)
 	if err != nil {
 		return err

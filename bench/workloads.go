@@ -77,7 +77,11 @@ func (b *bench) toolsTo(dstAddr string, withNginx bool) []tool {
 
 	tools := []tool{
 		{name: "raw", copy: rawTool(b.raw, direct)},
-		{name: "raw, verifying", copy: rawTool(b.raw.withVerifiedDigests(), direct)},
+		{name: "raw +verify", copy: rawTool(b.raw.withClientChecks(false), direct)},
+		{name: "raw +verify +HEAD", copy: rawTool(b.raw.withClientChecks(true), direct)},
+		{name: "raw +verify +HEAD, own process", external: true, copy: func(ctx context.Context, srcRepo, dstRepo, tag string, recopy bool) (runResult, error) {
+			return runTool(ctx, env, b.self, "-raw-copy", fmt.Sprintf("-skip-present=%t", recopy), source.base, srcRepo, direct.base, dstRepo, tag)
+		}},
 		{name: "imgxfer", copy: external(b.imgxfer, imgxferArgs, dstAddr), external: true},
 	}
 	if b.crane != "" {
@@ -93,7 +97,7 @@ func (b *bench) toolsTo(dstAddr string, withNginx bool) []tool {
 	if withNginx {
 		tools = append(tools,
 			tool{name: "raw via nginx", copy: rawTool(b.raw, viaNginx)},
-			tool{name: "raw, verifying, via nginx", copy: rawTool(b.raw.withVerifiedDigests(), viaNginx)},
+			tool{name: "raw +verify +HEAD via nginx", copy: rawTool(b.raw.withClientChecks(true), viaNginx)},
 			tool{name: "imgxfer via nginx", copy: external(b.imgxfer, imgxferArgs, meshHost), external: true},
 		)
 	}
