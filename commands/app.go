@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/sirupsen/logrus"
@@ -117,10 +119,41 @@ func (a *App) setUpLogging(c *cli.Context) error {
 // of the default message followed by the whole help text.
 func (a *App) onUsageError(c *cli.Context, err error, _ bool) error {
 	command := a.name
-	if c.Command != nil && c.Command.Name != "" {
+	// urfave/cli names the root command after the app, which is already in command.
+	if c.Command != nil && c.Command.Name != "" && c.Command.Name != a.name {
 		command += " " + c.Command.Name
 	}
+	if match := invalidFlagValue.FindStringSubmatch(err.Error()); match != nil {
+		return usageErrorf("invalid --%s %q: expected %s; run '%s --help' for usage", match[2], match[1], expectedValue(c, match[2]), command)
+	}
 	return usageErrorf("%w; run '%s --help' for usage", err, command)
+}
+
+// invalidFlagValue matches the errors of Go's flag package for a value that does not parse,
+// such as `invalid value "abc" for flag -max-requests: parse error` and
+// `invalid boolean value "maybe" for -quiet: parse error`.
+var invalidFlagValue = regexp.MustCompile(`^invalid (?:boolean )?value "(.*)" for (?:flag )?-([^:]+): `)
+
+// expectedValue describes the values that the flag called name takes, by its type.
+func expectedValue(c *cli.Context, name string) string {
+	var flags []cli.Flag
+	if c.Command != nil {
+		flags = c.Command.Flags
+	}
+	for _, flag := range flags {
+		if !slices.Contains(flag.Names(), name) {
+			continue
+		}
+		switch flag.(type) {
+		case *cli.IntFlag, *cli.Int64Flag, *cli.UintFlag, *cli.Uint64Flag:
+			return "a whole number"
+		case *cli.BoolFlag:
+			return "true or false"
+		case *cli.DurationFlag:
+			return "a duration such as 90s or 15m"
+		}
+	}
+	return "a valid value"
 }
 
 // ErrUsage marks errors in the command line or in configuration: the fix is in the

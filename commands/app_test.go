@@ -81,6 +81,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"copy", "a"}, "copy needs 2 arguments (SRC DEST), got 1"},
 		{[]string{"--log-format", "xml", "version"}, `invalid log format "xml"`},
 		{[]string{"copy", "--max-requests", "0", "a", "b"}, "invalid --max-requests 0: use 1 to 256"},
+		{[]string{"copy", "--max-requests", "abc", "a", "b"}, `invalid --max-requests "abc": expected a whole number; run 'imgxfer copy --help'`},
+		{[]string{"copy", "--quiet=maybe", "a", "b"}, `invalid --quiet "maybe": expected true or false`},
+		{[]string{"--bogus", "version"}, "flag provided but not defined: -bogus; run 'imgxfer --help'"},
 		{[]string{"sync", "--max-requests", "257", "-f", "images.yaml"}, "invalid --max-requests 257: use 1 to 256"},
 	}
 	for _, tt := range tests {
