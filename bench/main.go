@@ -22,7 +22,7 @@ import (
 
 func main() {
 	rounds := flag.Int("n", 5, "number of paired rounds; each tool runs once per round and workload")
-	withSync := flag.Bool("sync", true, "also run the `imgxfer sync` workload of 20 images at --parallel 1, 2 and 4")
+	withSync := flag.Bool("sync", true, "also run the sync workloads of 20 images at --parallel 1, 2 and 4")
 	withLarge := flag.Bool("large", true, "also copy a one-layer image of 1 GiB with each external tool, to compare peak RSS with a 16 MiB layer")
 	toolsDir := flag.String("tools-dir", "", "directory that already contains crane and regctl; empty installs them into a temporary directory with go install")
 	rawCopy := flag.Bool("raw-copy", false, "internal: copy SRC_URL SRC_REPO DST_URL DST_REPO TAG with the verifying raw copier and exit, so that the harness can time it as a process of its own")
@@ -36,6 +36,10 @@ func main() {
 		os.Exit(2)
 	}
 
+	// With SIGPIPE ignored, a write to a closed pipe, as with `2>&1 | head`, fails instead
+	// of ending the process before it stops nginx and removes its storage. The run goes on
+	// without output.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -51,8 +55,6 @@ func main() {
 		os.Exit(1)
 	}
 	rep, err := b.run(ctx, *rounds, *withSync, *withLarge)
-	// The servers are stopped before anything goes to stdout, because a write to a closed
-	// pipe, as with `| head`, ends the process at once with SIGPIPE.
 	b.close()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -65,7 +67,7 @@ func main() {
 // each blob first, and returns the exit code.
 func runRawCopy(args []string, skipPresent bool) int {
 	if len(args) != 5 {
-		fmt.Fprintf(os.Stderr, "bench -raw-copy: expected SRC_URL SRC_REPO DST_URL DST_REPO TAG, got %d arguments\n", len(args))
+		fmt.Fprintf(os.Stderr, "bench -raw-copy: expected 5 arguments, SRC_URL SRC_REPO DST_URL DST_REPO TAG, got %d\n", len(args))
 		return 2
 	}
 	copier := newRawCopier().withClientChecks(true)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"slices"
@@ -17,6 +18,10 @@ type table struct {
 	samples      map[string][]sample
 	withRequests bool
 }
+
+// noisyRatioLimit is how far the median of the per-round ratios may differ from the
+// quotient of the medians before the report marks the ratio as noisy.
+const noisyRatioLimit = 0.10
 
 // report collects the tables and writes them as markdown.
 type report struct {
@@ -82,6 +87,8 @@ func (r *report) write(w io.Writer) {
 		}
 		fmt.Fprintln(w, header)
 		fmt.Fprintln(w, "|---"+strings.Repeat("|---:", strings.Count(header, "|")-2)+"|")
+		baselineMedian := medianOf(baseline, func(s sample) float64 { return s.seconds })
+		noisy := false
 		for _, tl := range t.tools {
 			runs := t.samples[tl.name]
 			var seconds, ratios, cpu, requests []float64
@@ -96,11 +103,19 @@ func (r *report) write(w io.Writer) {
 			if tl.external {
 				cpuCell = fmt.Sprintf("%.3f", median(cpu))
 			}
-			row := fmt.Sprintf("| %s | %.4f | %.2f | %s |", tl.name, median(seconds), median(ratios), cpuCell)
+			ratioCell := fmt.Sprintf("%.2f", median(ratios))
+			if quotient := median(seconds) / baselineMedian; math.Abs(median(ratios)/quotient-1) > noisyRatioLimit {
+				ratioCell += " *"
+				noisy = true
+			}
+			row := fmt.Sprintf("| %s | %.4f | %s | %s |", tl.name, median(seconds), ratioCell, cpuCell)
 			if t.withRequests {
 				row += fmt.Sprintf(" %.0f |", median(requests))
 			}
 			fmt.Fprintln(w, row)
+		}
+		if noisy {
+			fmt.Fprintf(w, "\n\\* The median of the per-round ratios differs by more than %.0f%% from the quotient of the medians, so the rounds varied too much to trust this ratio. Rerun on an idle machine with more rounds.\n", noisyRatioLimit*100)
 		}
 	}
 

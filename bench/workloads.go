@@ -269,7 +269,7 @@ func (b *bench) run(ctx context.Context, rounds int, withSync, withLarge bool) (
 	if err != nil {
 		return nil, err
 	}
-	rep.add(table{title: fmt.Sprintf("Fresh copy over a slow link, %s per request: the 51 blobs of about 64 KiB", linkDelay), tools: b.slowTools(), samples: slowSamples})
+	rep.add(table{title: fmt.Sprintf("Fresh copy over a slow link, %d ms per request: the 51 blobs of about 64 KiB", linkDelay.Milliseconds()), tools: b.slowTools(), samples: slowSamples})
 
 	if withSync {
 		images, err := b.seedSyncImages(ctx)
@@ -278,7 +278,7 @@ func (b *bench) run(ctx context.Context, rounds int, withSync, withLarge bool) (
 		}
 		for _, dst := range []struct{ addr, title string }{
 			{b.dst.Addr, fmt.Sprintf("Sync: %d images of 3 layers of 1 MiB, direct", syncImages)},
-			{b.slow.Addr, fmt.Sprintf("Sync over the slow link, %s per request: the same %d images", linkDelay, syncImages)},
+			{b.slow.Addr, fmt.Sprintf("Sync over the slow link, %d ms per request: the same %d images", linkDelay.Milliseconds(), syncImages)},
 		} {
 			syncTable, err := b.runSync(ctx, rounds, images, dst.addr, dst.title)
 			if err != nil {
