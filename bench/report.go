@@ -57,6 +57,14 @@ func (r *report) addRSS(tools []tool, samples map[string][]sample) {
 	}
 }
 
+// roundsText returns "1 round" or "N rounds".
+func roundsText(n int) string {
+	if n == 1 {
+		return "1 round"
+	}
+	return fmt.Sprintf("%d rounds", n)
+}
+
 func median(values []float64) float64 {
 	if len(values) == 0 {
 		return 0
@@ -73,7 +81,7 @@ func median(values []float64) float64 {
 func (r *report) write(w io.Writer) {
 	fmt.Fprintf(w, "Machine: %d CPUs, %s memory, %s %s/%s, registry storage in %s. %s.\n\n",
 		runtime.NumCPU(), memTotal(), runtime.Version(), runtime.GOOS, runtime.GOARCH, r.storage, time.Now().UTC().Format("2006-01-02"))
-	fmt.Fprintf(w, "Each figure is the median of %d rounds. A ratio is the median of the per-round ratios to the first row's time in the same round.\n", r.rounds)
+	fmt.Fprintf(w, "Each figure is the median of %s. A ratio is the median of the per-round ratios to the first row's time in the same round.\n", roundsText(r.rounds))
 	for _, reason := range r.skipped {
 		fmt.Fprintf(w, "\nSkipped: %s\n", strings.SplitN(reason, "\n", 2)[0])
 	}
@@ -140,7 +148,7 @@ func (r *report) write(w io.Writer) {
 	}
 
 	if len(r.layerRSS) > 0 {
-		fmt.Fprintf(w, "\n### Peak RSS by layer size: one-layer images of 16 MiB and 1 GiB (median of %d rounds)\n", min(r.rounds, largeRounds))
+		fmt.Fprintf(w, "\n### Peak RSS by layer size: one-layer images of 16 MiB and 1 GiB (median of %s)\n", roundsText(min(r.rounds, largeRounds)))
 		fmt.Fprintln(w, "\n| tool | 16 MiB layer, MiB | 1 GiB layer, MiB | change | 1 GiB copy, CPU s |")
 		fmt.Fprintln(w, "|---|---:|---:|---:|---:|")
 		for _, row := range r.layerRSS {
