@@ -16,6 +16,9 @@ import (
 // linkDelay is how long the slow link holds each request before forwarding it.
 const linkDelay = 5 * time.Millisecond
 
+// meshSourceHost is the name under which the clients reach the source through nginx.
+const meshSourceHost = "source.bench.test"
+
 // meshHost is the name under which the clients reach the destination through nginx. It
 // does not resolve, so only nginx's allowlist maps it to the destination's loopback port.
 const meshHost = "registry.bench.test"
@@ -92,7 +95,7 @@ func setup(ctx context.Context, repoDir, toolsDir string) (*bench, error) {
 
 	rules := fmt.Sprintf(`version: 1
 routes:
-  - hosts: [%s]
+  - hosts: [%s, %s]
     proxy: http://%s
 registries:
   - host: "%s"
@@ -101,7 +104,7 @@ registries:
     tls: disabled
   - host: "%s"
     tls: disabled
-`, meshHost, b.nginx.HTTPAddr, b.src.Addr, b.dst.Addr, b.slow.Addr)
+`, meshHost, meshSourceHost, b.nginx.HTTPAddr, b.src.Addr, b.dst.Addr, b.slow.Addr)
 	if b.rulesFile, err = testenv.WriteFile(workDir, "rules.yaml", []byte(rules)); err != nil {
 		return b, err
 	}
@@ -175,7 +178,7 @@ func (b *bench) startNginx(ctx context.Context) error {
 
 	b.nginx, err = testenv.StartNginx(ctx, testenv.NginxOptions{
 		Dir:            filepath.Join(b.workDir, "nginx"),
-		Upstreams:      map[string]string{meshHost: b.dst.URL},
+		Upstreams:      map[string]string{meshHost: b.dst.URL, meshSourceHost: b.src.URL},
 		TLSCertFile:    certFile,
 		TLSKeyFile:     keyFile,
 		UpstreamCAFile: caFile,

@@ -55,20 +55,21 @@ func (b *bench) toolsTo(dstAddr string, withNginx bool) []tool {
 	direct := endpoint{base: "http://" + dstAddr}
 	viaNginx := endpoint{base: "http://" + b.nginx.HTTPAddr, host: meshHost}
 	source := endpoint{base: b.src.URL}
+	sourceViaNginx := endpoint{base: "http://" + b.nginx.HTTPAddr, host: meshSourceHost}
 	env := toolEnv(b.toolHome)
 
-	rawTool := func(copier *rawCopier, dst endpoint) func(context.Context, string, string, string, bool) (runResult, error) {
+	rawTool := func(copier *rawCopier, src, dst endpoint) func(context.Context, string, string, string, bool) (runResult, error) {
 		return func(ctx context.Context, srcRepo, dstRepo, tag string, recopy bool) (runResult, error) {
 			// Each run opens new connections, as a new process of the other tools does.
 			copier.client.CloseIdleConnections()
 			start := time.Now()
-			err := copier.copyImage(ctx, source, srcRepo, dst, dstRepo, tag, recopy)
+			err := copier.copyImage(ctx, src, srcRepo, dst, dstRepo, tag, recopy)
 			return runResult{seconds: time.Since(start).Seconds()}, err
 		}
 	}
-	external := func(bin string, args func(src, dst string) []string, dstHost string) func(context.Context, string, string, string, bool) (runResult, error) {
+	external := func(bin string, args func(src, dst string) []string, srcHost, dstHost string) func(context.Context, string, string, string, bool) (runResult, error) {
 		return func(ctx context.Context, srcRepo, dstRepo, tag string, _ bool) (runResult, error) {
-			return runTool(ctx, env, bin, args(b.src.Addr+"/"+srcRepo+":"+tag, dstHost+"/"+dstRepo+":"+tag)...)
+			return runTool(ctx, env, bin, args(srcHost+"/"+srcRepo+":"+tag, dstHost+"/"+dstRepo+":"+tag)...)
 		}
 	}
 	imgxferArgs := func(src, dst string) []string {
@@ -76,29 +77,31 @@ func (b *bench) toolsTo(dstAddr string, withNginx bool) []tool {
 	}
 
 	tools := []tool{
-		{name: "raw", copy: rawTool(b.raw, direct)},
-		{name: "raw +verify", copy: rawTool(b.raw.withClientChecks(false), direct)},
-		{name: "raw +verify +HEAD", copy: rawTool(b.raw.withClientChecks(true), direct)},
+		{name: "raw", copy: rawTool(b.raw, source, direct)},
+		{name: "raw +verify", copy: rawTool(b.raw.withClientChecks(false), source, direct)},
+		{name: "raw +verify +HEAD", copy: rawTool(b.raw.withClientChecks(true), source, direct)},
 		{name: "raw +verify +HEAD, own process", external: true, copy: func(ctx context.Context, srcRepo, dstRepo, tag string, recopy bool) (runResult, error) {
 			return runTool(ctx, env, b.self, "-raw-copy", fmt.Sprintf("-skip-present=%t", recopy), source.base, srcRepo, direct.base, dstRepo, tag)
 		}},
-		{name: "imgxfer", copy: external(b.imgxfer, imgxferArgs, dstAddr), external: true},
+		{name: "imgxfer", copy: external(b.imgxfer, imgxferArgs, b.src.Addr, dstAddr), external: true},
 	}
 	if b.crane != "" {
 		tools = append(tools, tool{name: "crane", external: true, copy: external(b.crane, func(src, dst string) []string {
 			return []string{"copy", "--insecure", src, dst}
-		}, dstAddr)})
+		}, b.src.Addr, dstAddr)})
 	}
 	if b.regctl != "" {
 		tools = append(tools, tool{name: "regctl", external: true, copy: external(b.regctl, func(src, dst string) []string {
 			return []string{"image", "copy", src, dst}
-		}, dstAddr)})
+		}, b.src.Addr, dstAddr)})
 	}
 	if withNginx {
 		tools = append(tools,
-			tool{name: "raw via nginx", copy: rawTool(b.raw, viaNginx)},
-			tool{name: "raw +verify +HEAD via nginx", copy: rawTool(b.raw.withClientChecks(true), viaNginx)},
-			tool{name: "imgxfer via nginx", copy: external(b.imgxfer, imgxferArgs, meshHost), external: true},
+			tool{name: "raw via nginx", copy: rawTool(b.raw, source, viaNginx)},
+			tool{name: "raw +verify +HEAD via nginx", copy: rawTool(b.raw.withClientChecks(true), source, viaNginx)},
+			tool{name: "imgxfer via nginx", copy: external(b.imgxfer, imgxferArgs, b.src.Addr, meshHost), external: true},
+			tool{name: "raw, source via nginx", copy: rawTool(b.raw, sourceViaNginx, direct)},
+			tool{name: "imgxfer, source via nginx", copy: external(b.imgxfer, imgxferArgs, meshSourceHost, dstAddr), external: true},
 		)
 	}
 	return tools
