@@ -126,25 +126,44 @@ func (check *routeCheck) route(context.Context) stepResult {
 }
 
 func (check *routeCheck) proxyAddress(ctx context.Context) stepResult {
-	if !check.decision.Routed() {
+	d := check.decision
+	if !d.Routed() {
 		return skipped("no proxy on this route")
 	}
-	name := check.decision.Proxy.Hostname()
+	name := d.Proxy.Hostname()
+	field := fmt.Sprintf("routes[%d].proxy", d.RouteIndex)
+	if address := check.rules.Routes[d.RouteIndex].Address; address != "" {
+		// The client connects to the route's address and never resolves the proxy's name.
+		host, _, _ := net.SplitHostPort(address)
+		if net.ParseIP(host) != nil {
+			return ok("%s is reached at %s (routes[%d].address)", name, address, d.RouteIndex)
+		}
+		name, field = host, fmt.Sprintf("routes[%d].address", d.RouteIndex)
+	}
 	if ip := net.ParseIP(name); ip != nil {
 		return ok("%s is an IP address", name)
 	}
 	addrs, err := net.DefaultResolver.LookupHost(ctx, name)
 	if err != nil {
-		return failed(err, fmt.Sprintf("check the proxy's name in routes[%d].proxy and this machine's DNS settings", check.decision.RouteIndex))
+		return failed(err, fmt.Sprintf("check the name in %s and this machine's DNS settings", field))
 	}
 	return ok("%s resolves to %s", name, strings.Join(addrs, ", "))
+}
+
+// proxyDialAddress returns where the client connects for the route's proxy: the route's
+// address when it has one, else the proxy URL's host and port.
+func (check *routeCheck) proxyDialAddress() string {
+	if address := check.rules.Routes[check.decision.RouteIndex].Address; address != "" {
+		return address
+	}
+	return hostPort(check.decision.Proxy)
 }
 
 func (check *routeCheck) proxyConnection(ctx context.Context) stepResult {
 	if !check.decision.Routed() {
 		return skipped("no proxy on this route")
 	}
-	address := hostPort(check.decision.Proxy)
+	address := check.proxyDialAddress()
 	var dialer net.Dialer
 	conn, err := dialer.DialContext(ctx, "tcp", address)
 	if err != nil {
@@ -172,6 +191,12 @@ func (check *routeCheck) proxyTLS(ctx context.Context) stepResult {
 	transport := &http.Transport{Proxy: nil, TLSClientConfig: tlsConfig, DisableKeepAlives: true}
 	if tlsConfig == nil {
 		transport.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	// The certificate is checked against the proxy's name, at the address the client uses.
+	address := check.proxyDialAddress()
+	transport.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var dialer net.Dialer
+		return dialer.DialContext(ctx, network, address)
 	}
 	client := &http.Client{Transport: transport}
 

@@ -332,6 +332,32 @@ func TestDoctorTLSListener(t *testing.T) {
 		}
 	})
 
+	// The proxy's name does not resolve, so every step must use the route's address, as
+	// copies do, and check the certificate against the name.
+	t.Run("proxy name with an address", func(t *testing.T) {
+		_, port, err := net.SplitHostPort(e.nginx.HTTPSAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		named := e.writeRules(t, "address.yaml", fmt.Sprintf("routes:\n  - hosts: [%s]\n    proxy: https://mesh-proxy.test:%s\n    address: %q\n    tls: {ca_file: %s}\n",
+			prodHost, port, e.nginx.HTTPSAddr, e.caFile))
+		res := e.run(t, "doctor", "--rules", named, prodHost)
+		if res.code != 0 {
+			t.Fatalf("exit %d, expected 0\n%s%s", res.code, res.stdout, res.stderr)
+		}
+		steps := doctorLines(res.stdout)
+		for _, step := range []string{"proxy address", "proxy connection", "proxy TLS", "proxy header"} {
+			if steps[step] != "ok" {
+				t.Errorf("step %q = %q, expected ok\n%s", step, steps[step], res.stdout)
+			}
+		}
+		for _, want := range []string{"mesh-proxy.test is reached at " + e.nginx.HTTPSAddr, "certificate verified for mesh-proxy.test"} {
+			if !strings.Contains(res.stdout, want) {
+				t.Errorf("output lacks %q:\n%s", want, res.stdout)
+			}
+		}
+	})
+
 	t.Run("insecure", func(t *testing.T) {
 		res := e.run(t, "doctor", "--rules", rules("insecure.yaml", "{insecure: true}"), prodHost)
 		if res.code != 0 {
