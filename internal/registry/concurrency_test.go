@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -13,10 +12,8 @@ import (
 	"time"
 
 	"github.com/regclient/regclient/types/platform"
-	"github.com/sirupsen/logrus"
 
 	"github.com/imgxfer/imgxfer/internal/testenv"
-	"github.com/imgxfer/imgxfer/routing"
 )
 
 // inFlightHop forwards to a registry, holds every request for a while so that concurrent
@@ -80,31 +77,16 @@ func startInFlightHop(t *testing.T, target string, hold time.Duration) *inFlight
 
 func TestCopyLimitsRequestsPerRegistry(t *testing.T) {
 	ctx := context.Background()
-	src, err := testenv.StartRegistry(ctx, testenv.RegistryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { src.Close() })
-	dst, err := testenv.StartRegistry(ctx, testenv.RegistryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dst.Close() })
+	src, dst := startTestRegistry(t, ""), startTestRegistry(t, "")
 	hop := startInFlightHop(t, dst.URL, 5*time.Millisecond)
 
 	image := testenv.RandomImage(7, []platform.Platform{{OS: "linux", Architecture: "amd64"}}, 24, 4<<10)
 	if _, err := testenv.PushIndex(ctx, testenv.NewClient(src), src.Addr+"/team/app:1", image, ""); err != nil {
 		t.Fatal(err)
 	}
-	rules, err := routing.Parse("rules.yaml", []byte(fmt.Sprintf("version: 1\nregistries:\n  - host: %q\n    tls: disabled\n  - host: %q\n    tls: disabled\n", src.Addr, hop.addr)))
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	const limit = 5
-	logger := logrus.New()
-	logger.SetLevel(logrus.WarnLevel)
-	client, err := New(Options{Rules: rules, Logger: logger, MaxRequests: limit})
+	client, err := New(Options{Rules: plainHTTPRules(t, src.Addr, hop.addr), Logger: quietLogger(), MaxRequests: limit})
 	if err != nil {
 		t.Fatal(err)
 	}

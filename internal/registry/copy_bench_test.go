@@ -7,10 +7,8 @@ import (
 	"testing"
 
 	"github.com/regclient/regclient/types/platform"
-	"github.com/sirupsen/logrus"
 
 	"github.com/imgxfer/imgxfer/internal/testenv"
-	"github.com/imgxfer/imgxfer/routing"
 )
 
 // BenchmarkCopy copies an image between two registries served in the test process, with
@@ -40,12 +38,7 @@ func BenchmarkCopy(b *testing.B) {
 			if _, err := testenv.PushIndex(ctx, testenv.NewClient(src), src.Addr+"/bench/app:v1", bc.image, ""); err != nil {
 				b.Fatal(err)
 			}
-			rules, err := routing.Parse("rules.yaml", []byte(fmt.Sprintf("version: 1\nregistries:\n  - host: %q\n    tls: disabled\n  - host: %q\n    tls: disabled\n", src.Addr, dst.Addr)))
-			if err != nil {
-				b.Fatal(err)
-			}
-			logger := logrus.New()
-			logger.SetLevel(logrus.WarnLevel)
+			rules, logger := plainHTTPRules(b, src.Addr, dst.Addr), quietLogger()
 
 			b.SetBytes(bc.bytes)
 			b.ResetTimer()
@@ -76,10 +69,5 @@ func startBenchRegistry(b *testing.B) *testenv.Registry {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
-	registry, err := testenv.StartRegistry(context.Background(), testenv.RegistryOptions{RootDir: dir})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { registry.Close() })
-	return registry
+	return startTestRegistry(b, dir)
 }

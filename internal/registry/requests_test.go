@@ -2,42 +2,24 @@ package registry
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/regclient/regclient/types/platform"
-	"github.com/sirupsen/logrus"
 
 	"github.com/imgxfer/imgxfer/internal/testenv"
-	"github.com/imgxfer/imgxfer/routing"
 )
 
 func TestCopyManifestRequests(t *testing.T) {
 	ctx := context.Background()
-	src, err := testenv.StartRegistry(ctx, testenv.RegistryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { src.Close() })
-	dst, err := testenv.StartRegistry(ctx, testenv.RegistryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dst.Close() })
+	src, dst := startTestRegistry(t, ""), startTestRegistry(t, "")
 
 	platforms := []platform.Platform{{OS: "linux", Architecture: "amd64"}, {OS: "linux", Architecture: "arm64"}, {OS: "linux", Architecture: "s390x"}}
 	pushed, err := testenv.PushIndex(ctx, testenv.NewClient(src), src.Addr+"/team/app:1", testenv.RandomImage(8, platforms, 2, 1<<10), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	rules, err := routing.Parse("rules.yaml", []byte(fmt.Sprintf("version: 1\nregistries:\n  - host: %q\n    tls: disabled\n  - host: %q\n    tls: disabled\n", src.Addr, dst.Addr)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger := logrus.New()
-	logger.SetLevel(logrus.WarnLevel)
-	client, err := New(Options{Rules: rules, Logger: logger})
+	client, err := New(Options{Rules: plainHTTPRules(t, src.Addr, dst.Addr), Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
